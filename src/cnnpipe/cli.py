@@ -1,0 +1,84 @@
+"""The ``cnnpipe`` command group.
+
+Commands live one per module in :mod:`cnnpipe.commands` and are imported only when
+invoked, so ``cnnpipe run`` never pays for (or needs) torch.  Library errors
+(:class:`~cnnpipe.errors.CnnpipeError`) become one line on stderr and their exit code;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from cnnpipe import __version__
+from cnnpipe.errors import CnnpipeError
+
+__all__ = ["COMMANDS", "cli", "main"]
+
+#: command name -> (module in cnnpipe.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("export", "Export a PyTorch model to a self-describing ONNX package."),
+    "inspect": ("inspect", "Show a model package's metadata, I/O and execution providers."),
+    "models": ("models", "List built-in architectures and bundled demo models."),
+    "simulate": ("simulate", "Simulate a survey image or crater field with truth catalogs."),
+    "run": ("run", "Run models over FITS images on a Dask cluster into a Zarr store."),
+    "demo": ("demo", "Simulate a small survey and run the bundled demo models on it."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports each command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"cnnpipe.commands.{COMMANDS[cmd_name][0]}")
+        command: click.Command = module.command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CnnpipeError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"cnnpipe: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cnnpipe")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--debug", is_flag=True, envvar="CNNPIPE_DEBUG", help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+    """Batch CNN inference over large FITS survey images."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    if verbose == 0 and not quiet:
+        level = logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("distributed", "bokeh", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING if verbose < 2 else level))
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="cnnpipe")

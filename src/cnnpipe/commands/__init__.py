@@ -1,0 +1,1 @@
+"""One thin module per ``cnnpipe`` command; each defines ``command`` (a click command)."""

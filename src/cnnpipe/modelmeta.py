@@ -1,0 +1,346 @@
+"""The model package metadata, schema ``cnnpipe.model/1`` (DESIGN §4).
+
+An exported model is one ONNX file whose ``metadata_props`` hold the key ``cnnpipe``
+with a JSON document described by :class:`ModelMeta`.  This module is pure: it parses,
+validates and serialises the document; reading it from a file lives in
+:func:`read_model_meta` (``onnx``, no torch, no onnxruntime).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from cnnpipe.errors import ModelError
+
+__all__ = [
+    "METADATA_KEY",
+    "SCHEMA",
+    "InputSpec",
+    "ModelMeta",
+    "NormMethod",
+    "Normalisation",
+    "OutputKind",
+    "OutputSpec",
+    "Task",
+    "read_model_meta",
+]
+
+SCHEMA = "cnnpipe.model/1"
+METADATA_KEY = "cnnpipe"
+
+
+class Task(StrEnum):
+    """What a model does, and so which task head post-processes its output."""
+
+    CLASSIFY = "classify"
+    CRATERS = "craters"
+    SEGMENT = "segment"
+
+
+class NormMethod(StrEnum):
+    """How raw pixel values are turned into model input (see :mod:`cnnpipe.normalise`)."""
+
+    NONE = "none"
+    ASINH = "asinh"
+    STANDARDISE = "standardise"
+    FIXED = "fixed"
+    MINMAX = "minmax"
+
+
+class OutputKind(StrEnum):
+    """What the output tensor holds.
+
+    ``probabilities``: class probabilities ``(n, c)`` (classify) or maps ``(n, c, y, x)``
+    (segment); ``logits``: the same before softmax; ``heatmap``: ``(n, 1, y, x)`` in [0, 1]
+    (craters).
+    """
+
+    PROBABILITIES = "probabilities"
+    LOGITS = "logits"
+    HEATMAP = "heatmap"
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ModelError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputSpec:
+    """The input tensor: name, layout, patch geometry and halo.
+
+    Attributes
+    ----------
+    name : str
+        ONNX input name.
+    layout : str
+        Always ``"NCHW"``.
+    patch : tuple of int or None
+        Fixed ``(height, width)`` the model takes, or None for a fully convolutional
+        model that takes any size that is a multiple of ``multiple``.
+    multiple : int
+        Spatial sizes must be multiples of this (2**depth for a U-Net); also the grid
+        patch origins are aligned to so that tiled output equals whole-image output.
+    halo : int
+        Pixels of context needed on each side of a patch for its centre to be exact
+        (the receptive-field radius, rounded up to ``multiple``).
+    """
+
+    name: str = "input"
+    layout: str = "NCHW"
+    patch: tuple[int, int] | None = None
+    multiple: int = 1
+    halo: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.layout == "NCHW", f"Expected input layout 'NCHW'. Got {self.layout!r}.")
+        _require(self.multiple >= 1, f"Expected input multiple >= 1. Got {self.multiple}.")
+        _require(self.halo >= 0, f"Expected input halo >= 0. Got {self.halo}.")
+        if self.patch is not None:
+            _require(
+                len(self.patch) == 2 and all(int(p) > 0 for p in self.patch),
+                f"Expected input patch as two positive ints or null. Got {self.patch!r}.",
+            )
+            object.__setattr__(self, "patch", (int(self.patch[0]), int(self.patch[1])))
+
+    @property
+    def fully_convolutional(self) -> bool:
+        """True when the model accepts any spatial size (a multiple of ``multiple``)."""
+        return self.patch is None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Normalisation:
+    """Pixel normalisation: a method and its parameters.
+
+    ``asinh``: ``asinh((x - median) / scale) `` with per-patch median unless ``params``
+    holds ``offset``; ``standardise``: per patch and band ``(x - mean) / std``;
+    ``fixed``: ``(x - mean[b]) / std[b]``; ``minmax``: per patch to [0, 1]; ``none``.
+    """
+
+    method: NormMethod = NormMethod.NONE
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "method", NormMethod(self.method))
+        except ValueError:
+            allowed = ", ".join(m.value for m in NormMethod)
+            msg = f"Expected normalisation method one of {allowed}. Got {self.method!r}."
+            raise ModelError(msg) from None
+        if self.method is NormMethod.ASINH:
+            scale = self.params.get("scale")
+            _require(
+                isinstance(scale, int | float) and scale > 0,
+                f"Expected normalisation 'asinh' with params.scale > 0. Got {self.params!r}.",
+            )
+        if self.method is NormMethod.FIXED:
+            mean, std = self.params.get("mean"), self.params.get("std")
+            _require(
+                isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std)
+                and all(s > 0 for s in std),
+                "Expected normalisation 'fixed' with params.mean and params.std lists of "
+                f"equal length (std > 0). Got {self.params!r}.",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputSpec:
+    """The output tensor: name, kind and class names (one per channel/class)."""
+
+    name: str = "output"
+    kind: OutputKind = OutputKind.PROBABILITIES
+    classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kind", OutputKind(self.kind))
+        except ValueError:
+            allowed = ", ".join(k.value for k in OutputKind)
+            msg = f"Expected output kind one of {allowed}. Got {self.kind!r}."
+            raise ModelError(msg) from None
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelMeta:
+    """Everything the pipeline needs to run a model correctly (schema ``cnnpipe.model/1``).
+
+    Construct with keyword arguments or :meth:`from_dict`; both validate.
+    """
+
+    name: str
+    task: Task
+    bands: tuple[str, ...]
+    input: InputSpec
+    output: OutputSpec
+    normalisation: Normalisation = field(default_factory=Normalisation)
+    version: str = "0.0.0"
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    pixel_scale: float | None = None
+    weights_sha256: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    licence: str = "unspecified"
+    description: str = ""
+    demo: bool = False
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        _require(self.schema == SCHEMA, f"Expected schema {SCHEMA!r}. Got {self.schema!r}.")
+        _require(
+            bool(self.name) and self.name.replace("-", "_").replace(".", "_").isidentifier(),
+            "Expected a model name of letters, digits, '-', '_' or '.' (it names Zarr "
+            f"groups). Got {self.name!r}.",
+        )
+        try:
+            object.__setattr__(self, "task", Task(self.task))
+        except ValueError:
+            allowed = ", ".join(t.value for t in Task)
+            msg = f"Expected task one of {allowed}. Got {self.task!r}."
+            raise ModelError(msg) from None
+        bands = tuple(str(b) for b in self.bands)
+        _require(len(bands) >= 1, "Expected at least one band. Got none.")
+        _require(
+            len(set(bands)) == len(bands) and all(bands),
+            f"Expected distinct, non-empty band names. Got {list(bands)}.",
+        )
+        object.__setattr__(self, "bands", bands)
+        if self.pixel_scale is not None:
+            _require(
+                math.isfinite(self.pixel_scale) and self.pixel_scale > 0,
+                f"Expected pixel_scale > 0 or null. Got {self.pixel_scale!r}.",
+            )
+        if self.task is Task.CLASSIFY:
+            _require(
+                self.input.patch is not None,
+                "Expected a fixed input patch for a classify model. Got patch=null.",
+            )
+        if self.task is Task.CRATERS:
+            _require(
+                self.output.kind in (OutputKind.HEATMAP, OutputKind.LOGITS),
+                f"Expected output kind 'heatmap' for a craters model. Got {self.output.kind}.",
+            )
+        if self.task in (Task.CLASSIFY, Task.SEGMENT):
+            _require(
+                len(self.output.classes) >= 2,
+                f"Expected at least two class names for a {self.task} model. "
+                f"Got {list(self.output.classes)}.",
+            )
+        if self.normalisation.method is NormMethod.FIXED:
+            n = len(self.normalisation.params["mean"])
+            _require(
+                n == len(bands),
+                f"Expected one normalisation mean/std per band ({len(bands)}). Got {n}.",
+            )
+
+    @property
+    def n_bands(self) -> int:
+        """Number of input channels."""
+        return len(self.bands)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready document (enums as strings, tuples as lists)."""
+        d = asdict(self)
+        d["task"] = self.task.value
+        d["bands"] = list(self.bands)
+        d["input"]["patch"] = list(self.input.patch) if self.input.patch else None
+        d["normalisation"]["method"] = self.normalisation.method.value
+        d["output"]["kind"] = self.output.kind.value
+        d["output"]["classes"] = list(self.output.classes)
+        return d
+
+    def to_json(self) -> str:
+        """Serialise to the JSON string stored under ``metadata_props['cnnpipe']``."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        """Validate and build from a parsed document.
+
+        Raises
+        ------
+        ModelError
+            When a key is missing, unknown or has a value of the wrong kind.
+        """
+        if not isinstance(data, dict):
+            msg = f"Expected the cnnpipe metadata to be a JSON object. Got {type(data).__name__}."
+            raise ModelError(msg)
+        missing = [k for k in ("name", "task", "bands", "input", "output") if k not in data]
+        if missing:
+            msg = f"Expected cnnpipe metadata keys {missing} too. Got keys {sorted(data)}."
+            raise ModelError(msg)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            msg = f"Unknown cnnpipe metadata keys {unknown}. Expected a subset of {sorted(known)}."
+            raise ModelError(msg)
+        d = dict(data)
+        try:
+            d["input"] = InputSpec(**_tuple_patch(d["input"]))
+            d["output"] = OutputSpec(**d["output"])
+            d["normalisation"] = Normalisation(**d.get("normalisation", {}))
+            return cls(**d)
+        except TypeError as exc:
+            msg = f"Invalid cnnpipe metadata: {exc}."
+            raise ModelError(msg) from None
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        """Parse the JSON string stored in an ONNX file."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            msg = f"Expected the cnnpipe metadata to be JSON. Got a parse error: {exc}."
+            raise ModelError(msg) from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> ModelMeta:
+        """Return a validated copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+def _tuple_patch(d: dict[str, Any]) -> dict[str, Any]:
+    d = dict(d)
+    if d.get("patch") is not None:
+        d["patch"] = tuple(d["patch"])
+    return d
+
+
+def read_model_meta(path: str | Path) -> ModelMeta:
+    """Read and validate the ``cnnpipe`` metadata of an ONNX model file.
+
+    Only the graph header is needed; external data is never loaded (and never followed).
+
+    Raises
+    ------
+    ModelError
+        The file is missing, not ONNX, or has no/invalid cnnpipe metadata.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: no such model file."
+        raise ModelError(msg)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        msg = f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})."
+        raise ModelError(msg) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        msg = (
+            f"{path}: no 'cnnpipe' metadata. Annotate it with "
+            "`cnnpipe export --from-onnx MODEL.onnx ...`."
+        )
+        raise ModelError(msg)
+    try:
+        return ModelMeta.from_json(props[METADATA_KEY])
+    except ModelError as exc:
+        msg = f"{path}: {exc}"
+        raise ModelError(msg) from None

@@ -1,0 +1,88 @@
+"""Pixel normalisation shared by export (parity, training) and the pipeline (run time).
+
+Pure numpy.  Masked pixels (NaN/inf in the input) are set to 0 *after* normalisation so
+that they carry no signal; the statistics ignore them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from cnnpipe.modelmeta import Normalisation, NormMethod
+
+__all__ = ["normalise"]
+
+_EPS = 1e-6
+
+
+def normalise(
+    pixels: npt.NDArray[np.floating], norm: Normalisation
+) -> npt.NDArray[np.float32]:
+    """Normalise a batch of patches.
+
+    Parameters
+    ----------
+    pixels : (n, c, y, x) float array
+        Raw pixel values; NaN/inf mark no data.
+    norm : Normalisation
+        Method and parameters from the model metadata.
+
+    Returns
+    -------
+    (n, c, y, x) float32
+        Model input; non-finite input pixels are 0.
+
+    Notes
+    -----
+    ``asinh``: ``asinh((x - m) / scale)`` with ``m`` the per-patch, per-band median
+    (or ``params['offset']`` when given) — the Lupton et al. (1999) asinh stretch.
+    ``standardise``: ``(x - mean) / std`` per patch and band. ``fixed``: ``(x - mean[b]) /
+    std[b]``. ``minmax``: per patch and band to [0, 1].
+    """
+    x = np.asarray(pixels, dtype=np.float32)
+    if x.ndim != 4:
+        msg = f"Expected pixels of shape (n, c, y, x). Got shape {x.shape}."
+        raise ValueError(msg)
+    finite = np.isfinite(x)
+    method = norm.method
+    p = norm.params
+    if method is NormMethod.NONE:
+        out = x.copy()
+    elif method is NormMethod.FIXED:
+        mean = np.asarray(p["mean"], dtype=np.float32)[None, :, None, None]
+        std = np.asarray(p["std"], dtype=np.float32)[None, :, None, None]
+        out = (x - mean) / std
+    else:
+        masked = np.where(finite, x, np.nan)
+        with np.errstate(all="ignore"), _quiet_nan_warnings():
+            if method is NormMethod.ASINH:
+                if "offset" in p:
+                    centre = np.full(x.shape[:2] + (1, 1), float(p["offset"]), np.float32)
+                else:
+                    centre = np.nanmedian(masked, axis=(2, 3), keepdims=True)
+                out = np.arcsinh((x - centre) / np.float32(p["scale"]))
+            elif method is NormMethod.STANDARDISE:
+                mean = np.nanmean(masked, axis=(2, 3), keepdims=True)
+                std = np.nanstd(masked, axis=(2, 3), keepdims=True)
+                out = (x - mean) / np.maximum(std, _EPS)
+            else:  # MINMAX
+                lo = np.nanmin(masked, axis=(2, 3), keepdims=True)
+                hi = np.nanmax(masked, axis=(2, 3), keepdims=True)
+                out = (x - lo) / np.maximum(hi - lo, _EPS)
+    out = np.where(finite & np.isfinite(out), out, 0.0)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class _quiet_nan_warnings:
+    """Silence 'All-NaN slice' warnings for fully masked patches (their output is 0)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)

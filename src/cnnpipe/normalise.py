@@ -58,7 +58,7 @@ def normalise(
         with np.errstate(all="ignore"), _quiet_nan_warnings():
             if method is NormMethod.ASINH:
                 if "offset" in p:
-                    centre = np.full(x.shape[:2] + (1, 1), float(p["offset"]), np.float32)
+                    centre = np.full((*x.shape[:2], 1, 1), float(p["offset"]), np.float32)
                 else:
                     centre = np.nanmedian(masked, axis=(2, 3), keepdims=True)
                 out = np.arcsinh((x - centre) / np.float32(p["scale"]))

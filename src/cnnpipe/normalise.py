@@ -6,6 +6,8 @@ that they carry no signal; the statistics ignore them.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import numpy.typing as npt
 
@@ -55,7 +57,9 @@ def normalise(
         out = (x - mean) / std
     else:
         masked = np.where(finite, x, np.nan)
-        with np.errstate(all="ignore"), _quiet_nan_warnings():
+        # Fully masked patches give all-NaN slices; their output is set to 0 below.
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             if method is NormMethod.ASINH:
                 if "offset" in p:
                     centre = np.full((*x.shape[:2], 1, 1), float(p["offset"]), np.float32)
@@ -72,17 +76,3 @@ def normalise(
                 out = (x - lo) / np.maximum(hi - lo, _EPS)
     out = np.where(finite & np.isfinite(out), out, 0.0)
     return np.ascontiguousarray(out, dtype=np.float32)
-
-
-class _quiet_nan_warnings:
-    """Silence 'All-NaN slice' warnings for fully masked patches (their output is 0)."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)

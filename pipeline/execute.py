@@ -1,0 +1,277 @@
+"""Dask orchestration of a run: the cluster, the device check, bounded submission.
+
+The client only schedules :func:`cnnpipe.pipeline.worker.process_unit` tasks (one per
+work unit, small arguments) and collects small results; workers read and write the data
+themselves.  At most ``window`` tasks are in flight (2 x the cluster's threads by
+default), so a run over a 100k x 100k mosaic never floods the scheduler.  A unit that
+still fails after its retries fails the run, naming the image and the unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cnnpipe.errors import CnnpipeError, ConfigError, WorkerError
+from cnnpipe.pipeline.config import Device, RunConfig
+from cnnpipe.pipeline.progress import NullReporter, Reporter
+from cnnpipe.pipeline.worker import (
+    CUDA,
+    TENSORRT,
+    SessionSpec,
+    UnitResult,
+    UnitTask,
+    get_session,
+    process_unit,
+)
+
+__all__ = [
+    "ClusterPlan",
+    "cluster_plan",
+    "connect",
+    "device_spec",
+    "run_units",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterPlan:
+    """Processes and threads of an embedded cluster, and onnxruntime intra-op threads."""
+
+    workers: int
+    threads: int
+    ort_threads: int
+    gpu: bool
+
+
+def cluster_plan(config: RunConfig, *, cores: int | None = None, gpu: bool = False) -> ClusterPlan:
+    """Size the embedded cluster so that processes x threads x intra-op <= cores.
+
+    CPU: ``cores // 2`` worker processes (at least 1) with one Dask thread each, and the
+    remaining factor as onnxruntime intra-op threads.  GPU: one worker process (one per
+    GPU with ``--workers``), which owns the device; tasks there ask for ``GPU=1``.
+    With ``--scheduler`` only ``ort_threads`` matters (default 1 per Dask thread).
+    """
+    cores = max(1, cores or os.cpu_count() or 1)
+    if config.scheduler:
+        return ClusterPlan(workers=0, threads=0, ort_threads=config.ort_threads or 1, gpu=gpu)
+    threads = config.threads or 1
+    workers = config.workers or (1 if gpu else max(1, cores // (2 * threads)))
+    ort = config.ort_threads or max(1, cores // (workers * threads))
+    return ClusterPlan(workers=workers, threads=threads, ort_threads=ort, gpu=gpu)
+
+
+@contextlib.contextmanager
+def connect(config: RunConfig, plan: ClusterPlan) -> Iterator[Any]:
+    """A :class:`distributed.Client` on ``--scheduler`` or on an embedded LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if config.scheduler:
+        try:
+            client = Client(config.scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            msg = (
+                f"Cannot connect to the Dask scheduler at {config.scheduler} ({exc}). Check "
+                "the address, or leave out --scheduler to start a local cluster."
+            )
+            raise ConfigError(msg) from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = LocalCluster(
+        n_workers=plan.workers,
+        threads_per_worker=plan.threads,
+        processes=True,
+        dashboard_address=None,
+        resources={"GPU": 1} if plan.gpu else None,
+        silence_logs=logging.ERROR,
+    )
+    try:
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def _probe(path: str, sha256: str, spec: SessionSpec) -> list[str]:
+    """On a worker: create (and cache) the session, return its active providers."""
+    return list(get_session(path, sha256, spec).get_providers())
+
+
+def _available() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def device_spec(
+    client: Any, config: RunConfig, plan: ClusterPlan, models: Iterable[tuple[str, str]]
+) -> tuple[SessionSpec, dict[str, float] | None]:
+    """Check the device on every worker before work starts.
+
+    Returns the session spec and the task resources (``{"GPU": 1}`` for GPU work).
+
+    ``gpu``: every worker must have CUDA available and active in a real session of each
+    model, and (``--scheduler``) declare a ``GPU`` resource.  ``auto``: GPU only where
+    that holds on every worker, CPU otherwise.
+
+    Raises
+    ------
+    WorkerError, ConfigError
+        A requested GPU is not usable, naming the worker and the reason.
+    """
+    device = config.device
+    if device is Device.CPU:
+        return SessionSpec(device="cpu", intra_op_threads=plan.ort_threads), None
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    avail: dict[str, list[str]] = client.run(_available)
+    lacking = sorted(w for w, prov in avail.items() if CUDA not in prov)
+    no_res = sorted(w for w, d in info.items() if not d.get("resources", {}).get("GPU"))
+    cpu = SessionSpec(device="cpu", intra_op_threads=plan.ort_threads)
+    auto = device is Device.AUTO
+    if auto and (lacking or no_res or not avail):
+        return cpu, None
+    if lacking:
+        msg = (
+            f"--device gpu, but onnxruntime on worker {lacking[0]} has no "
+            f"{CUDA} (providers: {', '.join(avail[lacking[0]])}). Install onnxruntime-gpu "
+            "there, or use --device cpu."
+        )
+        raise ConfigError(msg)
+    if no_res:
+        msg = (
+            f"--device gpu, but worker {no_res[0]} declares no GPU resource. Start GPU "
+            "workers with `dask worker ADDRESS --resources GPU=1`."
+        )
+        raise ConfigError(msg)
+    no_trt = sorted(w for w, prov in avail.items() if TENSORRT not in prov)
+    if config.tensorrt and no_trt:
+        msg = (
+            f"--tensorrt, but onnxruntime on worker {no_trt[0]} has no {TENSORRT} "
+            f"(providers: {', '.join(avail[no_trt[0]])}). Install TensorRT there, or leave "
+            "out --tensorrt."
+        )
+        raise ConfigError(msg)
+    spec = SessionSpec(device="gpu", tensorrt=config.tensorrt, intra_op_threads=plan.ort_threads)
+    for path, sha in models:
+        try:
+            client.run(_probe, path, sha, spec)
+        except Exception as exc:
+            if auto:  # CUDA listed but not loadable: auto means CPU then, said out loud
+                log.warning("--device auto: CUDA is not usable (%s); running on CPU.", exc)
+                return cpu, None
+            if isinstance(exc, CnnpipeError):
+                raise
+            msg = f"--device gpu: creating the onnxruntime session of {path} failed ({exc})."
+            raise WorkerError(msg) from None
+    return spec, {"GPU": 1}
+
+
+def _unit_label(task: UnitTask) -> str:
+    u = task.unit
+    return (
+        f"image {task.source.key} unit ({u.uy}, {u.ux}) [y {u.y0}:{u.y1}, x {u.x0}:{u.x1}]"
+    )
+
+
+def run_units(
+    client: Any,
+    tasks: Iterable[UnitTask],
+    *,
+    run_id: str,
+    retries: int,
+    resources: dict[str, float] | None = None,
+    window: int | None = None,
+    reporter: Reporter | None = None,
+    stop_after: int | None = None,
+) -> list[UnitResult]:
+    """Run ``tasks`` with at most ``window`` in flight; return their results.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Connected client.
+    tasks : iterable of UnitTask
+        Consumed lazily.
+    run_id : str
+        Makes task keys unique to this run.
+    retries : int
+        Extra attempts per unit (Dask ``retries``).
+    resources : dict, optional
+        Task resources (``{"GPU": 1}``).
+    window : int, optional
+        Tasks in flight; default 2 x the cluster's threads.
+    reporter : Reporter, optional
+        Told about every finished unit.
+    stop_after : int, optional
+        Stop submitting once this many results are in (time-boxed runs, tests); units in
+        flight still finish (no task is left running behind the run), the rest stay
+        pending in the ledger.
+
+    Raises
+    ------
+    WorkerError
+        A unit failed ``retries + 1`` times (outstanding units are cancelled).
+    """
+    from distributed import as_completed
+
+    reporter = reporter or NullReporter()
+    if window is None:
+        window = 2 * max(1, sum(client.nthreads().values()))
+    todo = iter(tasks)
+    ac = as_completed()
+    flight: dict[str, UnitTask] = {}
+    results: list[UnitResult] = []
+
+    def submit() -> bool:
+        task = next(todo, None)
+        if task is None:
+            return False
+        u = task.unit
+        fut = client.submit(
+            process_unit, task, key=f"cnnpipe-unit-{task.source.key}-{u.uy}-{u.ux}-{run_id}",
+            retries=retries, resources=resources, pure=False,
+        )
+        flight[fut.key] = task
+        ac.add(fut)
+        return True
+
+    def cancel() -> None:
+        pending = list(ac.futures)
+        if pending:
+            client.cancel(pending)
+
+    try:
+        for _ in range(window):
+            if not submit():
+                break
+        for fut in ac:
+            task = flight.pop(fut.key)
+            try:
+                result: UnitResult = fut.result()
+            except Exception as exc:
+                cancel()
+                what = str(exc) if isinstance(exc, CnnpipeError) else f"{type(exc).__name__}: {exc}"
+                what = " ".join(what.split())
+                msg = f"{_unit_label(task)} failed after {retries + 1} attempt(s): {what}"
+                raise WorkerError(msg) from None
+            fut.release()
+            results.append(result)
+            reporter.advance(result)
+            if stop_after is None or len(results) < stop_after:
+                submit()
+    except BaseException:
+        cancel()
+        raise
+    return results

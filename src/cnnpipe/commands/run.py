@@ -1,0 +1,95 @@
+"""``cnnpipe run``: run models over FITS images on a Dask cluster into a Zarr store."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["command"]
+
+
+def _parse_bands(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in value:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            msg = f"Expected NAME=FILE (e.g. g=survey_g.fits). Got {item!r}."
+            raise click.BadParameter(msg, ctx=ctx, param=param)
+        out.append((name, path))
+    return tuple(out)
+
+
+@click.command("run")
+@click.argument("images", nargs=-1, metavar="SURVEY.fits [MORE.fits ...]")
+@click.option("--model", "models", multiple=True, required=True, metavar="M.onnx",
+              help="ONNX model package (repeat for several models; one read of the pixels).")
+@click.option("--out", required=True, metavar="OUT.zarr", help="Output Zarr store.")
+@click.option("--band", "bands", multiple=True, metavar="NAME=FILE", callback=_parse_bands,
+              help="One file per band of a multi-band image (repeat).")
+@click.option("--hdu", metavar="H", help="HDU index or EXTNAME[,EXTVER] to read.")
+@click.option("--scheduler", metavar="ADDRESS", envvar="CNNPIPE_SCHEDULER",
+              help="Existing Dask scheduler (default: start a local cluster).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Local cluster worker processes [default: from the CPU count].")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Dask threads per local worker process [default: 1].")
+@click.option("--ort-threads", type=click.IntRange(min=1),
+              help="onnxruntime intra-op threads per session [default: cores / workers].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              envvar="CNNPIPE_DEVICE", show_default=True,
+              help="gpu fails unless CUDA is really active on every worker.")
+@click.option("--tensorrt", is_flag=True, help="Use TensorRT in front of CUDA.")
+@click.option("--resume/--overwrite", "resume", default=True, show_default=True,
+              help="Continue a store of the same configuration, or replace the store.")
+@click.option("--tile", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Work unit and output chunk size, pixels.")
+@click.option("--patch", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Patch size of fully convolutional models, halo included, pixels.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Patches per inference call.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Extra attempts of a failing work unit.")
+@click.option("--catalog", metavar="POSITIONS", help="Input positions for catalog heads.")
+@click.option("--dry-run", is_flag=True,
+              help="Print images, units, patches, tasks and memory; run nothing.")
+def command(
+    images: tuple[str, ...],
+    models: tuple[str, ...],
+    out: str,
+    bands: tuple[tuple[str, str], ...],
+    hdu: str | None,
+    scheduler: str | None,
+    workers: int | None,
+    threads: int | None,
+    ort_threads: int | None,
+    device: str,
+    tensorrt: bool,
+    resume: bool,
+    tile: int,
+    patch: int,
+    batch: int,
+    retries: int,
+    catalog: str | None,
+    dry_run: bool,
+) -> None:
+    """Run models over FITS images into a Zarr store (resumable, locked)."""
+    from cnnpipe.pipeline.config import Device, RunConfig, StoreMode
+    from cnnpipe.pipeline.progress import make_reporter
+    from cnnpipe.pipeline.runner import dry_run as describe
+    from cnnpipe.pipeline.runner import run
+
+    config = RunConfig(
+        inputs=images, models=models, out=out, band_files=bands, hdu=hdu,
+        scheduler=scheduler, workers=workers, threads=threads, ort_threads=ort_threads,
+        device=Device(device), tensorrt=tensorrt,
+        mode=StoreMode.RESUME if resume else StoreMode.OVERWRITE,
+        tile=tile, patch=patch, batch=batch, retries=retries, catalog=catalog,
+    )
+    if dry_run:
+        for line in describe(config):
+            click.echo(line)
+        return
+    summary = run(config, reporter=make_reporter(every_s=config.log_every))
+    for line in summary.lines():
+        click.echo(line)

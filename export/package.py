@@ -211,6 +211,11 @@ def save_package(model: Any, meta: ModelMeta, out: str | Path) -> int:
     os.close(fd)
     try:
         onnx.save(model, tmp, save_as_external_data=False)
+        # mkstemp makes the file owner-only; a model package is read by other users
+        # (cluster workers, package data), so give it the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

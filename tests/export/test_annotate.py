@@ -161,3 +161,19 @@ def test_calibration_file_errors(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match=r"expected a \(2, y, x\) cube"):
         annotate_onnx(_req(src, tmp_path / "m.onnx", parity_fits=(one_band,)))
+
+
+def test_written_package_is_readable_by_others(tmp_path: Path) -> None:
+    # Regression: the atomic write left the package owner-only (0600), so cluster
+    # workers running as another user and installed package data could not read it.
+    import os
+    import stat
+
+    src = dense_model(tmp_path / "plain.onnx")
+    old = os.umask(0o022)
+    try:
+        annotate_onnx(_req(src, tmp_path / "m.onnx", classes=("rim",), normalisation=None),
+                      log=lambda _: None)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o644

@@ -71,9 +71,9 @@ class DemoSettings:
     n_sky_scenes: int = 6
     n_galaxy_scenes: int = 40
     n_crater_scenes: int = 6
-    classify_steps: int = 5000
-    segment_steps: int = 500
-    crater_steps: int = 500
+    classify_steps: int = 12000
+    segment_steps: int = 3000
+    crater_steps: int = 1500
     unet_patch: int = 96
     batch: int = 16
 

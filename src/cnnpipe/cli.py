@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -73,8 +74,13 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    quiet_libs = verbose < 2
+    # distributed configures its own loggers from dask config when first imported (later,
+    # lazily, and in every worker process): say the level there, not only here.
+    if quiet_libs:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     for noisy in ("distributed", "bokeh", "tornado", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING if verbose < 2 else level))
+        logging.getLogger(noisy).setLevel(logging.WARNING if quiet_libs else level)
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 

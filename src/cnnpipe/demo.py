@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from cnnpipe.errors import ConfigError
 from cnnpipe.models import demo_model_paths
-from cnnpipe.pipeline.config import RunConfig
+from cnnpipe.pipeline.config import RunConfig, StoreMode
 from cnnpipe.pipeline.progress import Reporter
 from cnnpipe.pipeline.runner import RunSummary, run
 
@@ -72,7 +72,8 @@ def run_demo(
     Parameters
     ----------
     folder : path
-        Where the simulated FITS files and the Zarr stores go (created; reruns resume).
+        Where the simulated FITS files and the Zarr stores go (created; a rerun
+        simulates and runs anew, replacing them).
     size : int
         Side of the simulated images (px).
     seed : int
@@ -113,7 +114,9 @@ def run_demo(
         (crater_fits, ("demo_craters",), result.crater_store),
     ):
         config = RunConfig(inputs=(str(image),), models=tuple(str(models[n]) for n in names),
-                           out=str(store), workers=workers, tile=tile)
+                           out=str(store), workers=workers, tile=tile,
+                           # the images were just simulated anew (seed and size may differ)
+                           mode=StoreMode.OVERWRITE)
         result.summaries.append(run(config, reporter=reporter))
 
     def array(store: Path, path: str) -> Any:

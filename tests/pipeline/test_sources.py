@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnnpipe.errors import ConfigError, InputError
 from cnnpipe.pipeline.sources import (
     REFLECT_MODE,
     HDURef,
@@ -22,10 +26,6 @@ from cnnpipe.pipeline.sources import (
     parse_spec,
     reflect_indices,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from cnnpipe.errors import ConfigError, InputError
 from cnnpipe.testing import fitsfiles as ff
 
 pytestmark = pytest.mark.filterwarnings("ignore::cnnpipe.pipeline.sources.NoWCSWarning")

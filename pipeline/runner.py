@@ -32,6 +32,7 @@ from cnnpipe.pipeline.store import (
     RunStore,
     StoreLock,
     UnitState,
+    file_fingerprint,
     file_sha256,
     identity_hash,
     now_iso,
@@ -251,6 +252,8 @@ def prepare(config: RunConfig) -> Prepared:
 def _input_attrs(s: Source) -> dict[str, Any]:
     return {
         "paths": [r.path for r in s.refs],
+        # a rerun over a replaced file of the same shape must not resume stale results
+        "fingerprints": [file_fingerprint(r.path) for r in s.refs],
         "hdu": [r.hdu for r in s.refs],
         "extname": [r.extname for r in s.refs],
         "shape": list(s.shape),

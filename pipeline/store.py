@@ -49,6 +49,7 @@ __all__ = [
     "StoreLock",
     "UnitState",
     "cards_to_json",
+    "file_fingerprint",
     "file_sha256",
     "identity_diff",
     "identity_hash",
@@ -87,6 +88,24 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike[str], *, span: int = 1 << 20) -> str:
+    """Cheap content fingerprint of a (possibly huge) input file.
+
+    SHA-256 of the file size, its first ``span`` bytes (the FITS headers of most files)
+    and its last ``span`` bytes.  A replaced image of the same shape almost always
+    differs there; hashing the whole file would cost a full read of every input.
+    """
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        if size > span:
+            f.seek(max(span, size - span))
+            h.update(f.read(span))
     return h.hexdigest()
 
 

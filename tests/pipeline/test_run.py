@@ -679,3 +679,19 @@ def test_progress_reporters(caplog: pytest.LogCaptureFixture) -> None:
     bar.close()
     assert "4/4" in buf.getvalue()
     assert "Mpix/s" in buf.getvalue()
+
+
+def test_replaced_input_of_the_same_shape_is_not_resumed(
+    data: Data, cluster: str, tmp_path: Path
+) -> None:
+    # Regression: the identity held the path and shape only, so a rerun over a new image
+    # written to the same path "resumed" and kept the old image's results as complete.
+    image = tmp_path / "night.fits"
+    shutil.copy(data.image, image)
+    out = tmp_path / "night.zarr"
+    models = (str(data.models["craters"]),)
+    assert run(data.config(out, scheduler=cluster, inputs=(str(image),),
+                           models=models)).status == "complete"
+    fits.PrimaryHDU(_sky(SHAPE, 1), header=_wcs().to_header()).writeto(image, overwrite=True)
+    with pytest.raises(StoreError, match=r"another configuration.*fingerprints"):
+        run(data.config(out, scheduler=cluster, inputs=(str(image),), models=models))

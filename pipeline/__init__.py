@@ -11,6 +11,8 @@ Python API
 - :func:`open_sources` / :class:`Source` - lazy FITS window reads.
 - :func:`make_plan` - the pure tiling plan.
 - :class:`RunStore` / :func:`store_wcs` - the output store and its WCS.
+- :func:`read_catalog_columns` / :func:`catalog_table` - a model's merged catalog.
+- :func:`write_table` / :func:`write_mask_fits` - catalog and mask exports.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cnnpipe.pipeline.catalogs import read_catalog_columns
     from cnnpipe.pipeline.config import Device, RunConfig, StoreMode
+    from cnnpipe.pipeline.exports import catalog_table, write_mask_fits, write_table
     from cnnpipe.pipeline.plan import Plan, make_plan
     from cnnpipe.pipeline.runner import RunSummary, dry_run, prepare, run
     from cnnpipe.pipeline.sources import Source, open_sources
@@ -33,12 +37,16 @@ __all__ = [
     "RunSummary",
     "Source",
     "StoreMode",
+    "catalog_table",
     "dry_run",
     "make_plan",
     "open_sources",
     "prepare",
+    "read_catalog_columns",
     "run",
     "store_wcs",
+    "write_mask_fits",
+    "write_table",
 ]
 
 _WHERE = {
@@ -47,6 +55,8 @@ _WHERE = {
     **dict.fromkeys(("RunSummary", "dry_run", "prepare", "run"), "runner"),
     **dict.fromkeys(("Source", "open_sources"), "sources"),
     **dict.fromkeys(("RunStore", "store_wcs"), "store"),
+    "read_catalog_columns": "catalogs",
+    **dict.fromkeys(("catalog_table", "write_mask_fits", "write_table"), "exports"),
 }
 
 

@@ -82,7 +82,11 @@ class RunConfig:
     retries : int
         Extra attempts of a failing work unit before the run fails.
     catalog : str or None
-        Input positions for catalog-driven heads (stored with the run).
+        Input positions for classify heads (FITS table, Parquet, CSV, VOTable with ra/dec
+        or x/y columns; see :mod:`cnnpipe.pipeline.positions`); None: classify heads
+        detect sources with sep.
+    catalog_origin : int
+        Pixel convention of the catalog's x/y columns: 0 (numpy / astropy) or 1 (FITS).
     log_every : float
         Seconds between plain progress log lines (no terminal).
     """
@@ -104,6 +108,7 @@ class RunConfig:
     batch: int = 8
     retries: int = 2
     catalog: str | None = None
+    catalog_origin: int = 0
     log_every: float = 10.0
 
     def __post_init__(self) -> None:
@@ -143,6 +148,9 @@ class RunConfig:
             raise ConfigError(msg)
         if isinstance(self.hdu, str) and self.hdu.lstrip("-").isdigit():
             set_(self, "hdu", int(self.hdu))
+        if self.catalog_origin not in (0, 1) or isinstance(self.catalog_origin, bool):
+            msg = f"Expected --catalog-origin 0 or 1. Got {self.catalog_origin!r}."
+            raise ConfigError(msg)
         if not self.log_every > 0:
             msg = f"Expected log_every > 0 seconds. Got {self.log_every!r}."
             raise ConfigError(msg)

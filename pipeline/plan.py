@@ -12,6 +12,14 @@ other task touches (DESIGN §3, §9).  Inside a unit each model sees fixed-shape
   the image (grid anchored at the image origin, independent of ``tile``) and paint each
   window's class over its pixels: a coarse class map at full resolution.
 
+A model's task head may need to see beyond its unit to build the unit's catalog
+fragment: its ``context`` margin (:func:`model_context`) enlarges the pixel window a unit
+reads, never the chunks it writes.  Classify heads cut patch-sized cutouts around
+sources inside the unit (``patch // 2`` plus a detection margin); segment heads look one
+pixel beyond the unit for masked neighbours; crater heads need the heat map of the unit
+plus the largest crater radius, so for them inference itself covers the unit ± context,
+clipped to the image (:func:`infer_region`), aligned to the model's ``multiple``.
+
 Nothing here reads pixels; :mod:`cnnpipe.pipeline.worker` slices a unit's pixels with
 these spans.  Coordinates are 0-based ``(y, x)`` pixel indices, half-open intervals.
 """
@@ -34,7 +42,9 @@ __all__ = [
     "Unit",
     "axis_units",
     "conv_spans",
+    "infer_region",
     "make_plan",
+    "model_context",
     "model_geometry",
     "read_window",
     "window_spans",
@@ -117,6 +127,11 @@ class ModelGeometry:
     core : (int, int)
         Stride of the cores (``patch - 2 * halo``, a multiple of ``multiple``); for
         ``window`` the patch itself.
+    context : int
+        Pixels around a unit its task head sees (read, never written), pixels.
+    infer_context : bool
+        Inference (not only the read) covers the unit ± ``context`` clipped to the
+        image (crater heads: the heat map around the unit).
     """
 
     name: str
@@ -125,6 +140,8 @@ class ModelGeometry:
     halo: int
     multiple: int
     core: tuple[int, int]
+    context: int = 0
+    infer_context: bool = False
 
     def spans(self, axis: int, u0: int, u1: int) -> list[Span]:
         """Patches of this model along ``axis`` (0 = y, 1 = x) for unit ``[u0, u1)``."""
@@ -149,6 +166,8 @@ class ModelGeometry:
             "halo": self.halo,
             "multiple": self.multiple,
             "core": list(self.core),
+            "context": self.context,
+            "infer_context": self.infer_context,
         }
 
 
@@ -227,11 +246,16 @@ def model_geometry(
         ``patch`` leaves no core after removing the halo.
     """
     m = meta.input.multiple
+    context = model_context(meta)
     if meta.task is Task.CLASSIFY:
         win = meta.input.patch or (patch, patch)  # ModelMeta guarantees a fixed patch
         return ModelGeometry(
-            name=meta.name, mode=TilingMode.WINDOW, patch=win, halo=0, multiple=1, core=win
+            name=meta.name, mode=TilingMode.WINDOW, patch=win, halo=0, multiple=1, core=win,
+            context=context,
         )
+    infer = meta.task is Task.CRATERS
+    if infer and max_extent is not None:
+        max_extent = (max_extent[0] + 2 * context, max_extent[1] + 2 * context)
     halo = _round_up(meta.input.halo, m)
     if meta.input.patch is not None:
         py, px = meta.input.patch
@@ -244,7 +268,7 @@ def model_geometry(
             raise ModelMismatchError(msg)
         return ModelGeometry(
             name=meta.name, mode=TilingMode.CONV, patch=(py, px), halo=halo, multiple=m,
-            core=(cy, cx),
+            core=(cy, cx), context=context, infer_context=infer,
         )
     p = _round_down(patch, m)
     if p - 2 * halo < m:
@@ -263,23 +287,74 @@ def model_geometry(
     py, px = sizes
     return ModelGeometry(
         name=meta.name, mode=TilingMode.CONV, patch=(py, px), halo=halo, multiple=m,
-        core=(py - 2 * halo, px - 2 * halo),
+        core=(py - 2 * halo, px - 2 * halo), context=context, infer_context=infer,
     )
 
 
-def read_window(unit: Unit, models: Sequence[ModelGeometry]) -> tuple[int, int, int, int]:
+#: extra pixels a classify head reads beyond ``patch // 2`` so that ``sep`` sees whole
+#: sources near the unit border
+DETECT_MARGIN = 16
+#: crater heads see ``r_max + CRATER_MARGIN`` pixels beyond the unit (rim width, fit)
+CRATER_MARGIN = 4
+
+
+def model_context(meta: ModelMeta) -> int:
+    """Pixels around a unit that a model's task head sees, pixels.
+
+    ``classify``: ``patch // 2 + DETECT_MARGIN`` (cutouts centred on any pixel of the
+    unit, and room for source detection); ``segment``: 1 (masked neighbours of border
+    pixels); ``craters``: ``postprocess.r_max`` (default 60 px) ``+ CRATER_MARGIN``,
+    rounded up to ``input.multiple`` so that the enlarged inference region stays on the
+    model's grid.
+    """
+    if meta.task is Task.CLASSIFY:
+        py, px = meta.input.patch or (0, 0)
+        return max(py, px) // 2 + DETECT_MARGIN
+    if meta.task is Task.SEGMENT:
+        return 1
+    r_max = float(meta.postprocess.get("r_max", 60.0))
+    return _round_up(int(-(-r_max // 1)) + CRATER_MARGIN, meta.input.multiple)
+
+
+def infer_region(
+    g: ModelGeometry, unit: Unit, shape: tuple[int, int] | None = None
+) -> Unit:
+    """The region model ``g`` runs inference over for ``unit`` (a Unit-shaped box).
+
+    The unit itself, or for ``infer_context`` models the unit ± ``context`` clipped to
+    the image ``shape`` (unclipped without one).
+    """
+    if not g.infer_context or g.context == 0:
+        return unit
+    c = g.context
+    y0, y1, x0, x1 = unit.y0 - c, unit.y1 + c, unit.x0 - c, unit.x1 + c
+    if shape is not None:
+        y0, y1, x0, x1 = max(0, y0), min(shape[0], y1), max(0, x0), min(shape[1], x1)
+    return Unit(unit.uy, unit.ux, y0, y1, x0, x1)
+
+
+def read_window(
+    unit: Unit, models: Sequence[ModelGeometry], *, shape: tuple[int, int] | None = None
+) -> tuple[int, int, int, int]:
     """The one pixel window ``(y0, y1, x0, x1)`` a unit reads for all its models.
 
-    It is the union of every model's patches (models may need different halos), so
-    several models share one read.  It may reach beyond the image (reflected).
+    It is the union of every model's patches over its :func:`infer_region` (models may
+    need different halos) and of the unit ± the ``context`` of models whose heads read
+    pixels there, so several models share one read.  It may reach beyond the image
+    (reflected).  ``shape`` is the image shape (clips the inference regions of crater
+    models).
     """
     ys: list[int] = []
     xs: list[int] = []
     for g in models:
-        sy = g.spans(0, unit.y0, unit.y1)
-        sx = g.spans(1, unit.x0, unit.x1)
+        r = infer_region(g, unit, shape)
+        sy = g.spans(0, r.y0, r.y1)
+        sx = g.spans(1, r.x0, r.x1)
         ys += [sy[0].start, sy[-1].start + g.patch[0]]
         xs += [sx[0].start, sx[-1].start + g.patch[1]]
+        if not g.infer_context:  # the head reads pixels around the unit (reflected)
+            ys += [unit.y0 - g.context, unit.y1 + g.context]
+            xs += [unit.x0 - g.context, unit.x1 + g.context]
     return (min(ys), max(ys), min(xs), max(xs))
 
 
@@ -316,16 +391,19 @@ class ImagePlan:
             for ux in range(gx):
                 yield self.unit(uy, ux)
 
+    def _counts(self, g: ModelGeometry, axis: int) -> list[int]:
+        n = self.shape[axis]
+        c = g.context if g.infer_context else 0
+        return [g.count(axis, max(0, a - c), min(n, b + c))
+                for a, b in axis_units(n, self.tile)]
+
     def n_patches(self, g: ModelGeometry) -> int:
         """Patches model ``g`` runs over the whole image (counted, not built)."""
-        ys = sum(g.count(0, a, b) for a, b in axis_units(self.shape[0], self.tile))
-        xs = sum(g.count(1, a, b) for a, b in axis_units(self.shape[1], self.tile))
-        return ys * xs
+        return sum(self._counts(g, 0)) * sum(self._counts(g, 1))
 
     def n_batches(self, g: ModelGeometry, batch: int) -> int:
         """Inference calls of model ``g`` over the image (one batch never spans units)."""
-        cy = [g.count(0, a, b) for a, b in axis_units(self.shape[0], self.tile)]
-        cx = [g.count(1, a, b) for a, b in axis_units(self.shape[1], self.tile)]
+        cy, cx = self._counts(g, 0), self._counts(g, 1)
         return sum(_ceil_div(a * b, batch) for a in cy for b in cx)
 
 
@@ -381,7 +459,8 @@ class Plan:
         ty = min(t, max((im.shape[0] for im in self.images), default=t))
         tx = min(t, max((im.shape[1] for im in self.images), default=t))
         bands = max((im.bands for im in self.images), default=1)
-        extra = max((g.patch[0] for g in self.models), default=0)  # worst-case halo reach
+        # worst-case halo and context reach
+        extra = max((g.patch[0] + 2 * g.context for g in self.models), default=0)
         read = (ty + extra) * (tx + extra) * bands * 4 * 3
         per_model = 0
         for g in self.models:
@@ -409,7 +488,7 @@ class Plan:
                          f"{im.bands} band(s), {gy}x{gx} units")
         for g in self.models:
             lines.append(f"  model {g.name}: {g.mode.value} patches {g.patch[0]}x{g.patch[1]}, "
-                         f"halo {g.halo}, core {g.core[0]}x{g.core[1]}")
+                         f"halo {g.halo}, core {g.core[0]}x{g.core[1]}, context {g.context}")
         return lines
 
 

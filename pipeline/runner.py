@@ -21,10 +21,12 @@ import numpy as np
 from cnnpipe import __version__
 from cnnpipe.errors import InputError, ModelError, ModelMismatchError
 from cnnpipe.modelmeta import ModelMeta, Task, read_model_meta
+from cnnpipe.pipeline.catalogs import merge_catalogs
 from cnnpipe.pipeline.config import RunConfig, StoreMode
 from cnnpipe.pipeline.execute import cluster_plan, connect, device_spec, run_units
 from cnnpipe.pipeline.heads import head_for
 from cnnpipe.pipeline.plan import Plan, make_plan
+from cnnpipe.pipeline.positions import Positions, partition, read_catalog, to_pixels
 from cnnpipe.pipeline.progress import NullReporter, Reporter
 from cnnpipe.pipeline.sources import Source, open_sources
 from cnnpipe.pipeline.store import (
@@ -56,6 +58,8 @@ class Prepared:
     plan: Plan
     identity: Mapping[str, Any]
     model_bytes: Mapping[str, int]
+    #: source key -> (uy, ux) -> input-catalog positions (None: no --catalog)
+    positions: Mapping[str, Mapping[tuple[int, int], Positions]] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,18 +239,43 @@ def prepare(config: RunConfig) -> Prepared:
         ModelJob(name=m.name, path=p, sha256=sha, meta=m, geometry=g)
         for (p, sha, m), g in zip(jobs_raw, plan.models)
     )
+    positions = _positions(config, sources, metas)
     identity = {
         "schema": RUN_SCHEMA,
         "tile": config.tile,
         "models": {j.name: {"sha256": j.sha256, "task": j.meta.task.value} for j in jobs},
         "geometry": {g.name: g.to_dict() for g in plan.models},
         "inputs": {s.key: _input_attrs(s) for s in sources},
-        "catalog": os.path.abspath(config.catalog) if config.catalog else None,
+        "catalog": None if positions is None or not config.catalog else {
+            "path": os.path.abspath(config.catalog),
+            "fingerprint": file_fingerprint(config.catalog),
+            "origin": config.catalog_origin,
+        },
     }
     return Prepared(
         config=config, sources=sources, jobs=jobs, channels=channels, plan=plan,
-        identity=identity, model_bytes=model_bytes,
+        identity=identity, model_bytes=model_bytes, positions=positions,
     )
+
+
+def _positions(
+    config: RunConfig, sources: tuple[Source, ...], metas: list[ModelMeta]
+) -> dict[str, dict[tuple[int, int], Positions]] | None:
+    """Input-catalog positions per image and work unit (client side), or None."""
+    if not config.catalog:
+        return None
+    if not any(m.task is Task.CLASSIFY for m in metas):
+        log.warning("--catalog %s: no classify model in this run; the catalog is not used.",
+                    config.catalog)
+        return None
+    cat = read_catalog(config.catalog, origin=config.catalog_origin)
+    out = {}
+    for s in sources:
+        pos = to_pixels(cat, s.wcs() if cat.sky else None, s.shape, key=s.key)
+        log.info("--catalog %s: %d of %d positions in image %s", config.catalog, len(pos),
+                 len(cat), s.key)
+        out[s.key] = partition(pos, tile=config.tile)
+    return out
 
 
 def _input_attrs(s: Source) -> dict[str, Any]:
@@ -287,11 +316,14 @@ def _tasks(prep: Prepared, store: RunStore, pending: Mapping[str, np.ndarray],
             if not want.any():
                 continue
             idx = [k for k in range(len(prep.jobs)) if want[k]]
+            pos = None
+            if prep.positions is not None:
+                pos = prep.positions[s.key].get((unit.uy, unit.ux), Positions.empty())
             yield UnitTask(
                 store=store.path, source=s, unit=unit,
                 models=tuple(prep.jobs[k] for k in idx),
                 channels=tuple(prep.channels[s.key][k] for k in idx),
-                batch=prep.config.batch, session=spec,
+                batch=prep.config.batch, session=spec, positions=pos,
             )
 
 
@@ -390,7 +422,11 @@ def run(
             pixels=sum(r.pixels for r in results), seconds=time.monotonic() - t0,
         )
         if complete:
-            store.update_run(status="complete", finished=now_iso(), summary=summary.to_dict())
+            # the merge step: fragments -> catalogs/<model>/, rewritten whole (idempotent)
+            rows = merge_catalogs(store.path, [j.meta for j in prep.jobs],
+                                  [s.key for s in prep.sources])
+            store.update_run(status="complete", finished=now_iso(), summary=summary.to_dict(),
+                             catalogs=rows)
         else:
             store.update_run(summary=summary.to_dict())
             log.warning("%s: stopped with %d units pending; run again to resume.", out,

@@ -12,6 +12,9 @@ Layout::
                                    chunks (C, tile, tile) / (tile, tile)
         <model>/tiles              the ledger: uint8 (unit_y, unit_x), chunks (1, 1),
                                    0 pending / 1 done / 2 blank
+        <model>/fragments/<uy>_<ux>  the catalog fragment of a done unit (1-D arrays;
+                                   :mod:`cnnpipe.pipeline.catalogs`)
+    catalogs/<model>/              the merged catalog: one 1-D array per column
     OUT.zarr.lock                  exclusive lock of the running job (next to the store)
 
 A work unit is one chunk of every output array, so each task writes whole chunks that no
@@ -125,10 +128,13 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Human-readable differences ``'key: store X, now Y'`` between two identities."""
+    """Human-readable differences ``'key: store X, now Y'`` between two identities.
+
+    Settings come first; the patch geometry derived from them (``geometry.*``) last.
+    """
     a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
     out = []
-    for k in sorted(set(a) | set(b)):
+    for k in sorted(set(a) | set(b), key=lambda k: (k.startswith("geometry."), k)):
         if a.get(k, "<absent>") != b.get(k, "<absent>"):
             out.append(f"{k}: store {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}")
     return out
@@ -445,6 +451,7 @@ class RunStore:
                 "prob", shape=pshape, chunks=pchunks, dtype="float16", fill_value=float("nan"),
                 dimension_names=prob_dims, attributes={"classes": list(classes)}, overwrite=True,
             )
+            mg.create_group("fragments", overwrite=True)
             # the ledger last: its presence means the model's arrays are complete
             mg.create_array(
                 "tiles", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0,

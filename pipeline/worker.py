@@ -1,11 +1,11 @@
 """The fused work-unit task that runs on a Dask worker, and its per-process session cache.
 
 :func:`process_unit` is a plain function of small, picklable arguments
-(:class:`UnitTask`): it reads the unit's pixels (plus the largest halo of its models)
-once, normalises them patch by patch, runs fixed-shape batches through onnxruntime,
-stitches the outputs with the model's task head, writes the unit's own output chunks and
-then its ledger entries, and returns a small :class:`UnitResult`.  Pixels never travel
-through the scheduler.
+(:class:`UnitTask`): it reads the unit's pixels (plus the largest halo and context of
+its models) once, normalises them patch by patch, runs fixed-shape batches through
+onnxruntime, stitches the outputs with the model's task head, writes the unit's own
+output chunks and catalog fragment and then its ledger entries, and returns a small
+:class:`UnitResult`.  Pixels never travel through the scheduler.
 
 onnxruntime sessions are created once per worker process and model (a module-level dict
 behind a lock: creating a session holds the GIL and takes a while; ``run`` is
@@ -29,8 +29,10 @@ import numpy.typing as npt
 from cnnpipe.errors import WorkerError
 from cnnpipe.modelmeta import ModelMeta
 from cnnpipe.normalise import normalise
-from cnnpipe.pipeline.heads import head_for
-from cnnpipe.pipeline.plan import ModelGeometry, Unit, read_window
+from cnnpipe.pipeline.catalogs import write_fragment
+from cnnpipe.pipeline.heads import UnitView, head_for
+from cnnpipe.pipeline.plan import ModelGeometry, Unit, infer_region, read_window
+from cnnpipe.pipeline.positions import Positions
 from cnnpipe.pipeline.sources import Source
 from cnnpipe.pipeline.store import UnitState, mark_unit, write_unit
 
@@ -97,7 +99,8 @@ class UnitTask:
     """Arguments of one fused task: which pixels, which models, where to write.
 
     ``channels[i]`` are the indices into ``source.bands`` that model ``models[i]`` takes,
-    in its band order.
+    in its band order.  ``positions``: the input-catalog sources in the unit for classify
+    heads (None: they detect sources themselves).
     """
 
     store: str
@@ -107,6 +110,7 @@ class UnitTask:
     channels: tuple[tuple[int, ...], ...]
     batch: int
     session: SessionSpec = field(default_factory=SessionSpec)
+    positions: Positions | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,7 +265,8 @@ def process_unit(task: UnitTask) -> UnitResult:
     """
     unit, source = task.unit, task.source
     t0 = time.perf_counter()
-    ry0, ry1, rx0, rx1 = read_window(unit, [m.geometry for m in task.models])
+    ry0, ry1, rx0, rx1 = read_window(unit, [m.geometry for m in task.models],
+                                     shape=source.shape)
     pixels = source.read_window(ry0, ry1, rx0, rx1)
     inner = pixels[:, unit.y0 - ry0:unit.y1 - ry0, unit.x0 - rx0:unit.x1 - rx0]
     finite = np.isfinite(inner)
@@ -292,15 +297,28 @@ def process_unit(task: UnitTask) -> UnitResult:
             return np.asarray(s.run([o], {i: x})[0])
 
         ch = list(channels)
+        head = head_for(job.meta)
+        region = infer_region(job.geometry, unit, source.shape)
         acc, n = infer_unit(
-            pixels[ch], (ry0, rx0), unit, job.meta, job.geometry, run,
+            pixels[ch], (ry0, rx0), region, job.meta, job.geometry, run,
             batch=batch, fixed_batch=fixed,
         )
         n_patches += n
         nodata: npt.NDArray[np.bool_] = ~np.all(finite[ch], axis=0)
-        mask, prob = head_for(job.meta).finish(acc, nodata)
+        inner_acc = acc[:, unit.y0 - region.y0:unit.y1 - region.y0,
+                        unit.x0 - region.x0:unit.x1 - region.x0]
+        mask, prob = head.finish(inner_acc, nodata)
+        view = UnitView(
+            unit=unit, image_shape=source.shape, region=region,
+            acc=acc if region != unit else inner_acc, mask=mask, pixels=pixels[ch],
+            origin=(ry0, rx0), context=job.geometry.context, positions=task.positions,
+            run=run, batch=batch, fixed_batch=fixed,
+        )
+        fragment = head.catalog(view)
         tb = time.perf_counter()
         write_unit(task.store, source.key, job.name, y0=unit.y0, x0=unit.x0, mask=mask, prob=prob)
+        # the fragment before the ledger: a done unit always has its whole fragment
+        write_fragment(task.store, source.key, job.name, unit.uy, unit.ux, fragment)
         mark_unit(task.store, source.key, job.name, unit.uy, unit.ux, UnitState.DONE)
         infer_s += tb - ta
         write_s += time.perf_counter() - tb

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "List built-in architectures and bundled demo models."),
     "simulate": ("simulate", "Simulate a survey image or crater field with truth catalogs."),
     "run": ("run", "Run models over FITS images on a Dask cluster into a Zarr store."),
+    "catalog": ("catalog", "Export a model's catalog from a run store (Parquet, FITS, ...)."),
+    "mask": ("mask", "Write a model's class mask of one image as a FITS file."),
     "demo": ("demo", "Simulate a small survey and run the bundled demo models on it."),
 }
 

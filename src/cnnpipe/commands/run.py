@@ -50,7 +50,13 @@ def _parse_bands(
               help="Patches per inference call.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Extra attempts of a failing work unit.")
-@click.option("--catalog", metavar="POSITIONS", help="Input positions for catalog heads.")
+@click.option("--catalog", metavar="POSITIONS",
+              help="Source positions for classify models: FITS table, Parquet, CSV or "
+                   "VOTable with ra/dec (deg) or x/y (0-based pixels) columns [default: "
+                   "detect sources with sep].")
+@click.option("--catalog-origin", type=click.Choice(["0", "1"]), default="0",
+              show_default=True,
+              help="Pixel origin of the catalog's x/y columns (1: FITS/ds9 convention).")
 @click.option("--dry-run", is_flag=True,
               help="Print images, units, patches, tasks and memory; run nothing.")
 def command(
@@ -71,6 +77,7 @@ def command(
     batch: int,
     retries: int,
     catalog: str | None,
+    catalog_origin: str,
     dry_run: bool,
 ) -> None:
     """Run models over FITS images into a Zarr store (resumable, locked)."""
@@ -85,6 +92,7 @@ def command(
         device=Device(device), tensorrt=tensorrt,
         mode=StoreMode.RESUME if resume else StoreMode.OVERWRITE,
         tile=tile, patch=patch, batch=batch, retries=retries, catalog=catalog,
+        catalog_origin=int(catalog_origin),
     )
     if dry_run:
         for line in describe(config):

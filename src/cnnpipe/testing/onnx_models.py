@@ -14,6 +14,7 @@ craters_model  craters   conv3x3, sigmoid (heat map) or logits          1       
 classify_model classify  conv3x3-relu, global average pool, linear,     0       1
                          softmax; fixed patch
 identity_model craters   output = input (a one-band heat map)           0       1
+level_model    segment   per-pixel classes by value (1x1 conv, softmax) 0       1
 =============  ========  =============================================  ======  ========
 
 The receptive-field radius of ``segment_model`` with ``pooled=True`` is 5 pixels (two
@@ -40,6 +41,7 @@ __all__ = [
     "classify_model",
     "craters_model",
     "identity_model",
+    "level_model",
     "segment_model",
     "write_model",
 ]
@@ -149,12 +151,15 @@ def craters_model(
     bands: Sequence[str] = ("r",),
     logits: bool = False,
     threshold: float = 0.5,
+    r_max: float = 16.0,
     seed: int = 1,
     name: str = "craters",
 ) -> ModelMeta:
     """A rim heat-map model: one 3x3 convolution and a sigmoid (halo 1).
 
     ``logits=True`` leaves the sigmoid to the pipeline (output kind ``logits``).
+    ``r_max`` (px, ``postprocess.r_max``) is the largest crater radius searched; it
+    sets the context the crater head sees around each unit.
     """
     rng = np.random.default_rng(seed)
     inits: list[onnx.TensorProto] = []
@@ -174,7 +179,7 @@ def craters_model(
         output={"name": out, "kind": "logits" if logits else "heatmap", "classes": ["rim"]},
         normalisation={"method": "fixed", "params": {"mean": [0.0] * len(bands),
                                                      "std": [1.0] * len(bands)}},
-        postprocess={"threshold": threshold},
+        postprocess={"threshold": threshold, "r_max": r_max},
     )
     write_model(graph, meta, path)
     return meta
@@ -220,12 +225,14 @@ def classify_model(
 
 
 def identity_model(
-    path: str | os.PathLike[str], *, band: str = "r", name: str = "identity"
+    path: str | os.PathLike[str], *, band: str = "r", name: str = "identity",
+    r_max: float | None = None,
 ) -> ModelMeta:
     """Output = input, declared as a one-band heat map (no normalisation, halo 0).
 
     Its stored ``prob`` is the input image cast to float16: stitching must give the
-    input back.
+    input back.  On an image that *is* a rim heat map it is a perfect crater model;
+    ``r_max`` (px) sets ``postprocess.r_max`` (default: the pipeline's, 60 px).
     """
     graph = helper.make_graph(
         [helper.make_node("Identity", ["image"], ["heat"])], name,
@@ -236,6 +243,46 @@ def identity_model(
         name=name, task="craters", bands=[band],
         input={"name": "image", "patch": None, "multiple": 1, "halo": 0},
         output={"name": "heat", "kind": "heatmap", "classes": ["value"]},
+        normalisation={"method": "none"},
+        postprocess={} if r_max is None else {"r_max": r_max},
+    )
+    write_model(graph, meta, path)
+    return meta
+
+
+def level_model(
+    path: str | os.PathLike[str],
+    *,
+    levels: Sequence[float] = (1.0, 3.0),
+    gain: float = 50.0,
+    band: str = "r",
+    name: str = "levels",
+) -> ModelMeta:
+    """A per-pixel segmenter: class ``k`` where ``levels[k-1] < value < levels[k]``.
+
+    A 1x1 convolution with logits ``gain * (k * x - sum(levels[:k]))`` and a softmax
+    (no normalisation, halo 0): its class mask is the input thresholded at ``levels``,
+    independent of the tiling, so segment catalogs can be checked exactly against
+    :func:`scipy.ndimage.label` of the thresholded image.  Classes ``background``,
+    ``level1``, ... (``len(levels) + 1`` of them).
+    """
+    nc = len(levels) + 1
+    w = np.array([gain * k for k in range(nc)]).reshape(nc, 1, 1, 1)
+    b = np.array([-gain * float(sum(levels[:k])) for k in range(nc)])
+    inits = [_init("lv.w", w), _init("lv.b", b)]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "lv.w", "lv.b"], ["logits"], kernel_shape=[1, 1]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", nc, "H", "W"])],
+        inits,
+    )
+    meta = _meta(
+        name=name, task="segment", bands=[band],
+        input={"name": "image", "patch": None, "multiple": 1, "halo": 0},
+        output={"name": "probs", "kind": "probabilities",
+                "classes": ["background", *(f"level{k}" for k in range(1, nc))]},
         normalisation={"method": "none"},
     )
     write_model(graph, meta, path)

@@ -1,0 +1,278 @@
+"""Connected components of a class mask, per work unit and joined across unit borders.
+
+Pure numpy and scipy; no I/O.  A segment catalog is built in two steps:
+
+1. per work unit, :func:`unit_components` labels the unit's class mask (8-connectivity,
+   one labelling per class > 0; mask value 255 = no data is never a class) and sums
+   the moments of every component: area, sum of x, sum of y, bounding box, sum of the
+   probability of each class, flags; and it records which component each pixel on the
+   unit's four edges belongs to;
+2. after all units are done, :func:`join_components` joins components that continue
+   across unit borders — pixels of the same class that are 8-adjacent across a border,
+   corners included — with a union-find over the edge pixels (the connected components
+   of the graph of such pairs, :func:`scipy.sparse.csgraph.connected_components`) and
+   adds up their moments.
+
+Moments are additive, so a segment straddling unit borders comes out once with exactly
+the area, centroid and bounding box a whole-image :func:`scipy.ndimage.label` gives
+(areas and pixel-coordinate sums are integers; probability sums are float64).
+
+Flags (bits, OR-ed over the parts of a segment): :data:`FLAG_MASKED` = 1, the segment
+touches (is 8-adjacent to or contains) a pixel without data; :data:`FLAG_EDGE` = 2, it
+touches the image edge.
+
+Coordinates are 0-based image pixels ``(y, x)``, pixel centres on integers (the numpy /
+astropy ``pixel_to_world`` convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from cnnpipe.pipeline.columns import FLAG_EDGE, FLAG_MASKED
+
+__all__ = [
+    "EDGES",
+    "FLAG_EDGE",
+    "FLAG_MASKED",
+    "NODATA",
+    "UnitComponents",
+    "join_components",
+    "unit_components",
+]
+
+#: mask value of pixels without data
+NODATA = 255
+#: names of the per-unit edge arrays: row y0, row y1 - 1, column x0, column x1 - 1
+EDGES = ("edge_top", "edge_bottom", "edge_left", "edge_right")
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+
+def unit_components(
+    mask: npt.NDArray[np.uint8],
+    *,
+    origin: tuple[int, int],
+    image_shape: tuple[int, int],
+    nodata_ring: npt.NDArray[np.bool_] | None = None,
+    probs: npt.NDArray[np.floating] | None = None,
+) -> dict[str, npt.NDArray[np.generic]]:
+    """Components and moments of one unit's class mask.
+
+    Parameters
+    ----------
+    mask : (h, w) uint8
+        The unit's class mask; 0 = background, 255 = no data.
+    origin : (y0, x0)
+        Image coordinates of ``mask[0, 0]``.
+    image_shape : (ny, nx)
+        Shape of the whole image (for the edge flag).
+    nodata_ring : (h + 2, w + 2) bool, optional
+        No-data pixels of the unit and the one-pixel ring around it (False outside the
+        image); default: the unit's own no-data pixels only.
+    probs : (c, h, w) float, optional
+        Class probabilities; their per-component sums become ``psum_<k>``.
+
+    Returns
+    -------
+    dict of 1-D arrays
+        One row per component: ``class_id`` (int64), ``area`` (int64, px), ``sum_x``,
+        ``sum_y`` (int64, px), ``ymin``, ``ymax``, ``xmin``, ``xmax`` (int64, inclusive),
+        ``psum_<k>`` (float64, one per class of ``probs``), ``flags`` (uint8); and the
+        edge arrays :data:`EDGES` (int64, length w, w, h, h): the row of the component
+        each edge pixel belongs to, -1 for none.
+    """
+    mask = np.asarray(mask)
+    h, w = mask.shape
+    y0, x0 = origin
+    ny, nx = image_shape
+    labels = np.zeros((h, w), dtype=np.int64)
+    classes: list[I64] = []
+    n = 0
+    for c in np.unique(mask):
+        if c == 0 or c == NODATA:
+            continue
+        lab, k = ndimage.label(mask == c, structure=_EIGHT)
+        labels[lab > 0] = lab[lab > 0] + n
+        classes.append(np.full(k, int(c), dtype=np.int64))
+        n += k
+    flat = labels.ravel()
+    yy, xx = np.divmod(np.arange(h * w, dtype=np.int64), w)
+    area = np.bincount(flat, minlength=n + 1)[1:].astype(np.int64)
+    out: dict[str, npt.NDArray[np.generic]] = {
+        "class_id": np.concatenate(classes) if classes else np.zeros(0, np.int64),
+        "area": area,
+        "sum_x": np.bincount(flat, weights=xx + x0, minlength=n + 1)[1:].astype(np.int64),
+        "sum_y": np.bincount(flat, weights=yy + y0, minlength=n + 1)[1:].astype(np.int64),
+    }
+    boxes = ndimage.find_objects(labels, max_label=n) if n else []
+    out["ymin"] = np.array([b[0].start + y0 for b in boxes], dtype=np.int64)
+    out["ymax"] = np.array([b[0].stop - 1 + y0 for b in boxes], dtype=np.int64)
+    out["xmin"] = np.array([b[1].start + x0 for b in boxes], dtype=np.int64)
+    out["xmax"] = np.array([b[1].stop - 1 + x0 for b in boxes], dtype=np.int64)
+    if probs is not None:
+        p = np.asarray(probs, dtype=np.float64)
+        for k in range(p.shape[0]):
+            out[f"psum_{k}"] = np.bincount(flat, weights=p[k].ravel(), minlength=n + 1)[1:]
+    ring = nodata_ring if nodata_ring is not None else np.pad(mask == NODATA, 1)
+    near = ndimage.binary_dilation(ring, structure=_EIGHT)[1:-1, 1:-1]
+    masked = np.bincount(flat, weights=near.ravel(), minlength=n + 1)[1:] > 0
+    edge = ((out["ymin"] == 0) | (out["xmin"] == 0) | (out["ymax"] == ny - 1)
+            | (out["xmax"] == nx - 1))
+    out["flags"] = (masked * FLAG_MASKED | edge * FLAG_EDGE).astype(np.uint8)
+    for name, line in zip(EDGES, (labels[0], labels[-1], labels[:, 0], labels[:, -1])):
+        out[name] = line.astype(np.int64) - 1
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnitComponents:
+    """One unit's components as :func:`unit_components` returned them (read back).
+
+    ``uy, ux`` is the unit's grid position; ``columns`` the per-component arrays and the
+    edge arrays :data:`EDGES`.
+    """
+
+    uy: int
+    ux: int
+    columns: Mapping[str, npt.NDArray[np.generic]]
+
+    @property
+    def n(self) -> int:
+        """Number of components in the unit."""
+        return int(np.asarray(self.columns["area"]).size)
+
+
+def _edge_pairs(a: I64, b: I64, ca: I64, cb: I64, offsets: Sequence[int]) -> tuple[I64, I64]:
+    """Pairs ``(a[i], b[i + d])`` of components along two facing edges, same class."""
+    ia: list[I64] = []
+    ib: list[I64] = []
+    for d in offsets:
+        lo, hi = max(0, -d), min(a.size, b.size - d)
+        if hi <= lo:
+            continue
+        u, v = a[lo:hi], b[lo + d:hi + d]
+        ok = (u >= 0) & (v >= 0)
+        u, v = u[ok], v[ok]
+        same = ca[u] == cb[v]
+        ia.append(u[same])
+        ib.append(v[same])
+    if not ia:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ia), np.concatenate(ib)
+
+
+def join_components(
+    units: Sequence[UnitComponents], *, n_classes: int = 0
+) -> dict[str, npt.NDArray[np.generic]]:
+    """Join the components of all units of one image into whole-image segments.
+
+    Parameters
+    ----------
+    units : sequence of UnitComponents
+        The units with data (a missing unit has no components to join).
+    n_classes : int
+        Number of ``psum_<k>`` columns to carry (0: none).
+
+    Returns
+    -------
+    dict of 1-D arrays
+        One row per segment, sorted by centroid ``y``, ``x``, then ``class_id``:
+        ``class_id``, ``area`` (px), ``x``, ``y`` (float64 centroid, px), ``ymin``,
+        ``ymax``, ``xmin``, ``xmax`` (inclusive), ``pmean_<k>`` (mean probability of
+        class ``k`` over the segment), ``flags``.
+    """
+    units = [u for u in units if u.n > 0]
+    offset: dict[tuple[int, int], int] = {}
+    total = 0
+    for u in units:
+        offset[(u.uy, u.ux)] = total
+        total += u.n
+    by_pos = {(u.uy, u.ux): u for u in units}
+    cls = np.zeros(total, np.int64)
+    for u in units:
+        o = offset[(u.uy, u.ux)]
+        cls[o:o + u.n] = u.columns["class_id"]
+    pa: list[I64] = []
+    pb: list[I64] = []
+
+    def edge(u: UnitComponents, name: str) -> I64:
+        e = np.asarray(u.columns[name], dtype=np.int64)
+        return np.where(e >= 0, e + offset[(u.uy, u.ux)], -1)
+
+    for u in units:
+        # right, below, below-right and below-left neighbours: every border once
+        for (dy, dx), mine, theirs, offs in (
+            ((0, 1), ("edge_right", None), ("edge_left", None), (-1, 0, 1)),
+            ((1, 0), ("edge_bottom", None), ("edge_top", None), (-1, 0, 1)),
+            ((1, 1), ("edge_bottom", -1), ("edge_top", 0), (0,)),
+            ((1, -1), ("edge_bottom", 0), ("edge_top", -1), (0,)),
+        ):
+            v = by_pos.get((u.uy + dy, u.ux + dx))
+            if v is None:
+                continue
+            a, b = edge(u, mine[0]), edge(v, theirs[0])
+            if mine[1] is not None and theirs[1] is not None:
+                a, b = a[[mine[1]]], b[[theirs[1]]]
+            i, j = _edge_pairs(a, b, cls, cls, offs)
+            pa.append(i)
+            pb.append(j)
+    if total == 0:
+        return _empty(n_classes)
+    i = np.concatenate(pa) if pa else np.zeros(0, np.int64)
+    j = np.concatenate(pb) if pb else np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(i.size, np.int8), (i, j)), shape=(total, total))
+    m, seg = connected_components(graph, directed=False)
+    seg = seg.astype(np.int64)
+
+    def cat(name: str) -> npt.NDArray[np.generic]:
+        return np.concatenate([np.asarray(u.columns[name]) for u in units])
+
+    area = np.bincount(seg, weights=cat("area"), minlength=m).astype(np.int64)
+    sum_x = np.zeros(m, np.int64)
+    sum_y = np.zeros(m, np.int64)
+    np.add.at(sum_x, seg, cat("sum_x").astype(np.int64))
+    np.add.at(sum_y, seg, cat("sum_y").astype(np.int64))
+    out: dict[str, npt.NDArray[np.generic]] = {}
+    first = np.full(m, total, np.int64)
+    np.minimum.at(first, seg, np.arange(total))
+    out["class_id"] = cls[first]
+    out["area"] = area
+    out["x"] = sum_x / area
+    out["y"] = sum_y / area
+    for name, fn, init in (("ymin", np.minimum, np.iinfo(np.int64).max),
+                           ("ymax", np.maximum, -1),
+                           ("xmin", np.minimum, np.iinfo(np.int64).max),
+                           ("xmax", np.maximum, -1)):
+        acc = np.full(m, init, np.int64)
+        fn.at(acc, seg, cat(name).astype(np.int64))
+        out[name] = acc
+    for k in range(n_classes):
+        out[f"pmean_{k}"] = np.bincount(seg, weights=cat(f"psum_{k}"), minlength=m) / area
+    flags = np.zeros(m, np.uint8)
+    np.bitwise_or.at(flags, seg, cat("flags").astype(np.uint8))
+    out["flags"] = flags
+    order = np.lexsort((out["area"], out["class_id"], out["x"], out["y"]))
+    return {k: np.asarray(v)[order] for k, v in out.items()}
+
+
+def _empty(n_classes: int) -> dict[str, npt.NDArray[np.generic]]:
+    out: dict[str, npt.NDArray[np.generic]] = {
+        "class_id": np.zeros(0, np.int64), "area": np.zeros(0, np.int64),
+        "x": np.zeros(0), "y": np.zeros(0),
+    }
+    for name in ("ymin", "ymax", "xmin", "xmax"):
+        out[name] = np.zeros(0, np.int64)
+    for k in range(n_classes):
+        out[f"pmean_{k}"] = np.zeros(0)
+    out["flags"] = np.zeros(0, np.uint8)
+    return out

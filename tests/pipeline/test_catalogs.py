@@ -1,0 +1,507 @@
+"""Science heads end to end: catalog fragments, merge, world coordinates, exports.
+
+Real FITS files, ONNX models, a Dask cluster (1 worker, 1 thread) and Zarr stores.  The
+segment model is per-pixel (:func:`level_model`), so its class mask is the thresholded
+image whatever the tiling, and the segment catalog can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from astropy import units as u
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+from click.testing import CliRunner
+from scipy import ndimage
+
+from cnnpipe.cli import cli
+from cnnpipe.errors import InputError, StoreError
+from cnnpipe.modelmeta import ModelMeta, read_model_meta
+from cnnpipe.normalise import normalise
+from cnnpipe.pipeline.catalogs import merge_catalogs, read_catalog_columns, read_fragment
+from cnnpipe.pipeline.config import RunConfig
+from cnnpipe.pipeline.exports import catalog_table, write_mask_fits
+from cnnpipe.pipeline.heads import CratersHead
+from cnnpipe.pipeline.positions import read_catalog
+from cnnpipe.pipeline.runner import prepare, run
+from cnnpipe.pipeline.store import store_wcs
+from cnnpipe.pipeline.worker import UnitTask, process_unit
+from cnnpipe.testing.fitsfiles import tan_header
+from cnnpipe.testing.onnx_models import classify_model, identity_model, level_model
+
+SHAPE = (96, 112)
+TILE = 32
+LEVELS = (1.0, 5.0)
+#: (y, x, amplitude, sigma): blobs across unit borders, at a corner, at the left edge,
+#: next to masked pixels, and in unit interiors
+BLOBS = [(32.2, 40.4, 12.0, 2.0), (50.0, 63.7, 10.0, 2.5), (64.3, 31.8, 8.0, 2.0),
+         (20.0, 90.0, 9.0, 1.5), (75.0, 100.0, 7.0, 2.0), (48.0, 1.5, 10.0, 1.8),
+         (85.0, 55.0, 6.0, 1.5)]
+NAN_BOX = (slice(72, 75), slice(104, 107))
+EDGE_BLOB, MASKED_BLOB = 5, 4
+RINGS = [(32.3, 40.0, 12.0), (70.0, 64.6, 9.0), (20.0, 100.0, 6.0), (80.0, 20.0, 15.0)]
+RING_SHAPE = (96, 128)
+PIXSCALE_KM = 0.1
+MAS = 1.0 / 3.6e6
+
+
+@dataclass(frozen=True)
+class Runs:
+    root: Path
+    image: Path
+    pixels: np.ndarray
+    models: dict[str, Path]
+    stores: dict[str, Path]
+    catalogs: dict[str, Path]
+    positions: np.ndarray  # (n, 2) x, y of the input catalog (0-based)
+    inside: np.ndarray  # which input positions are on the image
+
+
+def _sky() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    img = rng.normal(0.0, 0.05, SHAPE)
+    for y, x, a, s in BLOBS:
+        img += a * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s**2))
+    img = img.astype(np.float32)
+    img[NAN_BOX] = np.nan
+    return img
+
+
+def _rings() -> np.ndarray:
+    yy, xx = np.mgrid[: RING_SHAPE[0], : RING_SHAPE[1]]
+    heat = np.zeros(RING_SHAPE, np.float32)
+    for y, x, r in RINGS:
+        heat = np.maximum(heat, np.exp(-(np.hypot(yy - y, xx - x) - r) ** 2 / 2.0))
+    return heat
+
+
+def _moon_header() -> fits.Header:
+    ny, nx = RING_SHAPE
+    deg = float(np.rad2deg(PIXSCALE_KM / 1737.4))
+    h = fits.Header()
+    h["CTYPE1"], h["CTYPE2"] = "SELN-CAR", "SELT-CAR"
+    h["CUNIT1"], h["CUNIT2"] = "deg", "deg"
+    h["CRPIX1"], h["CRPIX2"] = (nx + 1) / 2, (ny + 1) / 2
+    h["CRVAL1"], h["CRVAL2"] = 23.5, 0.0
+    h["CDELT1"], h["CDELT2"] = deg, deg
+    h["A_RADIUS"] = 1737.4e3
+    h["BODYRAD"] = 1737.4
+    h["PIXSCALE"] = PIXSCALE_KM
+    return h
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=logging.ERROR) as lc:
+        yield lc.scheduler_address
+
+
+def _write_catalogs(root: Path, wcs: WCS) -> tuple[dict[str, Path], np.ndarray, np.ndarray]:
+    """One set of positions as FITS (RA/DEC), CSV (x/y, 1-based) and Parquet (raj2000)."""
+    xy = np.array([[40.4, 32.2], [63.7, 50.0], [90.0, 20.0], [100.0, 75.0], [1.5, 48.0],
+                   [55.0, 85.0], [-30.0, 10.0], [56.0, 110.0], [111.4, 95.4]])
+    inside = np.array([True] * 6 + [False, False, True])
+    ids = np.arange(101, 101 + len(xy))
+    ra, dec = wcs.all_pix2world(xy[:, 0], xy[:, 1], 0)
+    paths = {"fits": root / "pos.fits", "csv": root / "pos.csv", "parquet": root / "pos.parquet"}
+    Table({"ID": ids, "RA": ra * u.deg, "DEC": dec * u.deg}).write(paths["fits"])
+    Table({"id": ids, "x": xy[:, 0] + 1, "y": xy[:, 1] + 1}).write(paths["csv"],
+                                                                   format="ascii.csv")
+    pq.write_table(pa.table({"source_id": ids, "RAJ2000": ra, "DEJ2000": dec}),
+                   paths["parquet"])
+    return paths, xy, inside
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, cluster: str) -> Runs:
+    root = tmp_path_factory.mktemp("catalogs")
+    img = _sky()
+    header = tan_header(SHAPE, sip=True)
+    image = root / "sky.fits"
+    fits.PrimaryHDU(img, header=header).writeto(image)
+    rings = root / "rings.fits"
+    fits.PrimaryHDU(_rings(), header=_moon_header()).writeto(rings)
+    models = {"levels": root / "levels.onnx", "morph": root / "morph.onnx",
+              "rim": root / "rim.onnx", "never": root / "never.onnx"}
+    level_model(models["levels"], levels=LEVELS)
+    level_model(models["never"], levels=(100.0, 200.0), name="never")
+    classify_model(models["morph"], patch=16)
+    identity_model(models["rim"], name="rim", r_max=20)
+    cats, xy, inside = _write_catalogs(root, WCS(header))
+    stores: dict[str, Path] = {}
+
+    def go(name: str, **kw: object) -> None:
+        cfg: dict[str, object] = {
+            "inputs": (str(image),), "models": (str(models["levels"]), str(models["morph"])),
+            "out": str(root / f"{name}.zarr"), "tile": TILE, "patch": 64, "batch": 4,
+            "device": "cpu", "scheduler": cluster, "retries": 0,
+        }
+        cfg.update(kw)
+        assert run(RunConfig.from_dict(cfg)).status == "complete"
+        stores[name] = root / f"{name}.zarr"
+
+    go("tiled")
+    go("whole", tile=1024)
+    for fmt, path in cats.items():
+        go(f"cat_{fmt}", models=(str(models["morph"]),), catalog=str(path),
+           catalog_origin=1 if fmt == "csv" else 0)
+    go("craters", inputs=(str(rings),), models=(str(models["rim"]),))
+    off = root / "off.csv"
+    off.write_text("x,y\n-50,-50\n300,20\n")
+    go("empty", models=(str(models["never"]), str(models["morph"])), catalog=str(off),
+       inputs=(str(rings),))
+    return Runs(root=root, image=image, pixels=img, models=models, stores=stores,
+                catalogs=cats, positions=xy, inside=inside)
+
+
+def _cat(store: Path, model: str) -> dict[str, np.ndarray]:
+    return read_catalog_columns(store, model)[1]
+
+
+# -- segment ----------------------------------------------------------------------------
+
+
+def _reference_segments(mask: np.ndarray) -> list[tuple]:
+    near = ndimage.binary_dilation(mask == 255, structure=np.ones((3, 3), bool))
+    rows = []
+    for c in (1, 2):
+        lab, n = ndimage.label(mask == c, structure=np.ones((3, 3), bool))
+        for k, (sy, sx) in enumerate(ndimage.find_objects(lab), start=1):
+            yy, xx = np.nonzero(lab == k)
+            edge = sy.start == 0 or sx.start == 0 or sy.stop == SHAPE[0] or sx.stop == SHAPE[1]
+            flags = int(near[yy, xx].any()) | (2 if edge else 0)
+            rows.append((c, yy.size, xx.mean(), yy.mean(), sy.start, sy.stop - 1, sx.start,
+                         sx.stop - 1, flags))
+    return sorted(rows)
+
+
+def _segment_rows(c: dict[str, np.ndarray]) -> list[tuple]:
+    return sorted(zip(c["class_id"].tolist(), c["area_px"].tolist(), c["x"].tolist(),
+                      c["y"].tolist(), c["bbox_ymin"].tolist(), c["bbox_ymax"].tolist(),
+                      c["bbox_xmin"].tolist(), c["bbox_xmax"].tolist(), c["flags"].tolist()))
+
+
+def test_segment_catalog_joins_units_exactly_like_whole_image_labelling(runs: Runs) -> None:
+    tiled, whole = _cat(runs.stores["tiled"], "levels"), _cat(runs.stores["whole"], "levels")
+    mask = zarr.open_group(str(runs.stores["tiled"]), mode="r")["images/sky/levels/mask"][...]
+    expected = np.digitize(runs.pixels, LEVELS).astype(np.uint8)
+    expected[~np.isfinite(runs.pixels)] = 255
+    assert np.array_equal(mask, expected)
+    ref = _reference_segments(mask)
+    assert len(ref) >= 10
+    assert _segment_rows(tiled) == ref
+    assert _segment_rows(whole) == ref
+    # same rows in the same order, tile 32 or one unit for the image
+    for name in tiled:
+        if name.startswith("p_"):
+            np.testing.assert_allclose(tiled[name], whole[name], rtol=1e-12)
+        else:
+            assert np.array_equal(tiled[name], whole[name]), name
+    # segments really straddle unit borders (up to 4 units at a corner)
+    spans = (tiled["bbox_ymin"] // TILE != tiled["bbox_ymax"] // TILE) & (
+        tiled["bbox_xmin"] // TILE != tiled["bbox_xmax"] // TILE)
+    assert spans.sum() >= 2
+    assert (tiled["class"] == np.array(["background", "level1", "level2"])[tiled["class_id"]]).all()
+    # the mean probability of its own class is high in a per-pixel thresholding model
+    own = np.choose(tiled["class_id"], [tiled["p_background"], tiled["p_level1"],
+                                        tiled["p_level2"]])
+    assert (own > 0.5).all()
+    np.testing.assert_allclose(tiled["p_background"] + tiled["p_level1"] + tiled["p_level2"],
+                               1.0, atol=1e-6)
+    # area on the sky: the local pixel solid angle at the centroid (strong SIP terms here)
+    w = WCS(fits.getheader(runs.image))
+    x, y, h = tiled["x"], tiled["y"], 1e-3
+    (r0, d0), (r1, d1), (r2, d2) = (w.all_pix2world(x + a, y + b, 0)
+                                    for a, b in ((0, 0), (h, 0), (0, h)))
+    cosd = np.cos(np.deg2rad(d0))
+    sr = np.abs((r1 - r0) * cosd * (d2 - d0) - (r2 - r0) * cosd * (d1 - d0)) / h**2
+    np.testing.assert_allclose(tiled["area_arcsec2"], tiled["area_px"] * sr * 3600**2,
+                               rtol=1e-3)
+    assert 0.02 < (tiled["area_arcsec2"] / tiled["area_px"]).min() < 0.0625 < \
+        (tiled["area_arcsec2"] / tiled["area_px"]).max() < 0.2
+    by_blob = {b: np.argmin(np.hypot(tiled["x"] - BLOBS[b][1], tiled["y"] - BLOBS[b][0])
+                            + 1e3 * (tiled["class_id"] != 2)) for b in range(len(BLOBS))}
+    assert tiled["flags"][by_blob[EDGE_BLOB]] & 2
+    assert tiled["flags"][by_blob[0]] == 0
+
+
+def test_world_columns_equal_astropy_all_pix2world_with_sip(runs: Runs) -> None:
+    wcs = WCS(fits.getheader(runs.image))
+    assert wcs.sip is not None
+    for model in ("levels", "morph"):
+        c = _cat(runs.stores["tiled"], model)
+        ra, dec = wcs.all_pix2world(c["x"], c["y"], 0)
+        assert len(ra) > 5
+        assert np.abs((c["ra"] - ra) * np.cos(np.deg2rad(dec))).max() < MAS
+        assert np.abs(c["dec"] - dec).max() < MAS
+        assert set(c["image"]) == {"sky"}
+        assert set(c["model"]) == {model}
+    store = runs.stores["tiled"]
+    g = zarr.open_group(str(store), mode="r")["catalogs/levels"]
+    attrs = g.attrs.asdict()
+    assert attrs["model"] == "levels"
+    assert attrs["task"] == "segment"
+    assert attrs["n_rows"] == g["x"].shape[0]
+    assert [s["name"] for s in attrs["schema"]][:5] == ["image", "x", "y", "ra", "dec"]
+    assert g["x"].attrs["unit"] == "pix"
+    assert "0-based pixel, numpy / astropy pixel_to_world convention" in \
+        g["x"].attrs["description"]
+    assert g["ra"].attrs["unit"] == "deg"
+    assert "2 = touches the image edge" in g["flags"].attrs["description"]
+    meta = json.loads((store / "catalogs/levels/area_px/zarr.json").read_text())
+    assert meta["dimension_names"] == ["row"]
+
+
+# -- classify ---------------------------------------------------------------------------
+
+
+def _nearest(c: dict[str, np.ndarray], x: float, y: float) -> tuple[int, float]:
+    d = np.hypot(c["x"] - x, c["y"] - y)
+    return int(np.argmin(d)), float(d.min())
+
+
+def test_classify_without_catalog_detects_each_source_once(runs: Runs) -> None:
+    tiled, whole = _cat(runs.stores["tiled"], "morph"), _cat(runs.stores["whole"], "morph")
+    assert len(tiled["x"]) == len(whole["x"]) == len(BLOBS)
+    for y, x, _, _ in BLOBS:  # three of them straddle unit borders of the tiled run
+        near = np.hypot(tiled["x"] - x, tiled["y"] - y) < 1.5
+        assert near.sum() == 1
+    np.testing.assert_allclose(tiled["x"], whole["x"], atol=0.05)
+    np.testing.assert_allclose(tiled["y"], whole["y"], atol=0.05)
+    assert tiled["id"].tolist() == list(range(len(BLOBS)))
+    assert (np.diff(tiled["y"]) >= 0).all()
+    probs = np.stack([tiled["p_smooth"], tiled["p_featured"]], axis=1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert (tiled["class_id"] == probs.argmax(axis=1)).all()
+    edge, _ = _nearest(tiled, BLOBS[EDGE_BLOB][1], BLOBS[EDGE_BLOB][0])
+    masked, _ = _nearest(tiled, BLOBS[MASKED_BLOB][1], BLOBS[MASKED_BLOB][0])
+    assert tiled["flags"][edge] == 2
+    assert tiled["flags"][masked] == 1
+    assert sorted(tiled["flags"].tolist()).count(0) == len(BLOBS) - 2
+
+
+def test_classify_at_catalog_positions_from_fits_csv_and_parquet(runs: Runs) -> None:
+    meta = read_model_meta(runs.models["morph"])
+    sess = ort.InferenceSession(str(runs.models["morph"]), providers=["CPUExecutionProvider"])
+    want_x, want_y = runs.positions[runs.inside].T
+    first = None
+    for fmt in ("fits", "csv", "parquet"):
+        c = _cat(runs.stores[f"cat_{fmt}"], "morph")
+        assert c["id"].tolist() == (101 + np.flatnonzero(runs.inside)).tolist(), fmt
+        np.testing.assert_allclose(c["x"], want_x, atol=1e-6)
+        np.testing.assert_allclose(c["y"], want_y, atol=1e-6)
+        probs = np.stack([c["p_smooth"], c["p_featured"]], axis=1)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+        # flags: (1.5, 48) and (111.4, 95.4) reach beyond the image, (100, 75) masked
+        assert c["flags"].tolist() == [0, 0, 0, 1, 2, 0, 2], fmt
+        # an interior source: the model run by hand on its 16x16 cutout
+        cut = runs.pixels[32 - 8:32 + 8, 40 - 8:40 + 8][None, None]
+        p = sess.run(None, {"image": normalise(cut, meta.normalisation)})[0][0]
+        np.testing.assert_allclose(probs[0], p, atol=1e-5)
+        if first is None:
+            first = probs
+        np.testing.assert_allclose(probs, first, atol=1e-6)
+
+
+def test_input_catalog_columns_and_errors(runs: Runs, tmp_path: Path) -> None:
+    cat = read_catalog(runs.catalogs["parquet"])
+    assert cat.sky
+    assert cat.ids[0] == 101
+    cat = read_catalog(runs.catalogs["csv"], origin=1)
+    assert not cat.sky
+    np.testing.assert_allclose(cat.a, runs.positions[:, 0])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match=r"no position columns\. Expected ra/dec"):
+        read_catalog(bad)
+    with pytest.raises(InputError, match="unknown catalog format"):
+        read_catalog(tmp_path / "pos.dat")
+
+
+# -- craters -----------------------------------------------------------------------------
+
+
+def test_craters_straddling_unit_borders_appear_once_with_lon_lat_and_km(runs: Runs) -> None:
+    c = _cat(runs.stores["craters"], "rim")
+    assert "ra" not in c
+    assert len(c["x"]) == len(RINGS)
+    for y, x, r in RINGS:
+        k, d = _nearest(c, x, y)
+        assert d < 0.3
+        assert abs(c["radius_px"][k] - r) < 0.3
+    np.testing.assert_allclose(c["diameter_km"], 2 * c["radius_px"] * PIXSCALE_KM)
+    assert np.isnan(c["diameter_arcsec"]).all()
+    lon, lat = WCS(_moon_header()).all_pix2world(c["x"], c["y"], 0)
+    np.testing.assert_allclose(c["lon"], lon, atol=1e-9)
+    np.testing.assert_allclose(c["lat"], lat, atol=1e-9)
+    assert c["flags"].tolist() == [0] * len(RINGS)  # all rims inside, no masked pixels
+
+
+def test_crater_merge_removes_duplicates_from_neighbouring_units() -> None:
+    head = CratersHead(ModelMeta.from_dict({
+        "name": "c", "task": "craters", "bands": ["r"], "input": {"name": "x"},
+        "output": {"name": "y", "kind": "heatmap", "classes": ["rim"]},
+    }))
+    # one crater seen from both sides of a unit border, and another one
+    a = {"x": np.array([31.6, 10.0]), "y": np.array([20.0, 10.0]),
+         "radius_px": np.array([12.0, 5.0]), "score": np.array([0.9, 0.8]),
+         "flags": np.array([0, 0], np.uint8)}
+    b = {"x": np.array([32.2]), "y": np.array([20.1]), "radius_px": np.array([12.2]),
+         "score": np.array([0.95]), "flags": np.array([1], np.uint8)}
+    rows = head.merge({(0, 0): a, (0, 1): b}, image_shape=(64, 64))
+    assert rows["x"].tolist() == [10.0, 32.2]
+    assert rows["flags"].tolist() == [0, 1]
+    assert np.isnan(rows["diameter_km"]).all()
+
+
+# -- fragments, reruns, empty catalogs ------------------------------------------------------
+
+
+def test_rerunning_a_unit_overwrites_its_fragment_and_merge_is_idempotent(
+    runs: Runs, tmp_path: Path, cluster: str
+) -> None:
+    out = tmp_path / "again.zarr"
+    shutil.copytree(runs.stores["tiled"], out)
+    before = {m: _cat(out, m) for m in ("levels", "morph")}
+    frag = read_fragment(str(out), "sky", "levels", 1, 1)
+    cfg = RunConfig(inputs=(str(runs.image),), models=(str(runs.models["levels"]),
+                    str(runs.models["morph"])), out=str(out), tile=TILE, patch=64,
+                    device="cpu", scheduler=cluster)
+    prep = prepare(cfg)
+    task = UnitTask(store=str(out), source=prep.sources[0], unit=prep.plan.images[0].unit(1, 1),
+                    models=prep.jobs, channels=prep.channels["sky"], batch=4)
+    process_unit(task)
+    process_unit(task)
+    again = read_fragment(str(out), "sky", "levels", 1, 1)
+    assert sorted(again) == sorted(frag)
+    for name in frag:
+        assert np.array_equal(again[name], frag[name]), name
+    merge_catalogs(str(out), [j.meta for j in prep.jobs], ["sky"])
+    summary = run(cfg)  # complete already: no work, the merge runs again
+    assert (summary.done, summary.skipped) == (0, 12)
+    for m, cols in before.items():
+        now = _cat(out, m)
+        assert sorted(now) == sorted(cols)
+        for name in cols:
+            assert np.array_equal(now[name], cols[name]), (m, name)
+
+
+def test_nothing_found_is_an_empty_catalog_with_the_full_schema(runs: Runs) -> None:
+    store = runs.stores["empty"]
+    for model, like in (("never", "levels"), ("morph", "morph")):
+        schema, cols, attrs = read_catalog_columns(store, model)
+        _, full, full_attrs = read_catalog_columns(runs.stores["tiled"], like)
+        assert attrs["n_rows"] == 0
+        assert all(v.shape == (0,) for v in cols.values())
+        # the ring image has a body-fixed WCS: lon/lat instead of ra/dec
+        assert [c.name for c in schema] == [
+            {"ra": "lon", "dec": "lat"}.get(n, n) for n in full]
+        g = zarr.open_group(str(store), mode="r")[f"catalogs/{model}"]
+        assert g["x"].attrs["unit"] == "pix"
+    table = catalog_table(store, "never")
+    assert len(table) == 0
+    assert table["area_arcsec2"].unit == u.arcsec**2
+
+
+# -- exports ----------------------------------------------------------------------------
+
+
+def test_catalog_export_round_trips_in_all_formats(runs: Runs, tmp_path: Path) -> None:
+    store = runs.stores["tiled"]
+    want = _cat(store, "levels")
+    schema = read_catalog_columns(store, "levels")[0]
+    runner = CliRunner()
+    for fmt, name in (("parquet", "c.parquet"), ("fits", "c.fits"), ("votable", "c.xml"),
+                      ("csv", "c.csv")):
+        path = tmp_path / name
+        res = runner.invoke(cli, ["catalog", str(store), "--model", "levels", "--format", fmt,
+                                  "-o", str(path)])
+        assert res.exit_code == 0, res.output
+        assert f"{len(want['x'])} rows" in res.output
+        if fmt == "parquet":
+            t = pq.read_table(path)
+            for c in schema:
+                f = t.schema.field(c.name)
+                assert f.metadata[b"unit"].decode() == c.unit
+                assert f.metadata[b"description"].decode() == c.description
+                got = t.column(c.name).to_numpy(zero_copy_only=False)
+                assert np.array_equal(got.astype(want[c.name].dtype), want[c.name]), c.name
+            continue
+        t = Table.read(path, format={"fits": "fits", "votable": "votable",
+                                     "csv": "ascii.ecsv"}[fmt])
+        assert t.colnames == [c.name for c in schema]
+        for c in schema:
+            if c.unit:
+                assert u.Unit(t[c.name].unit) == u.Unit(c.unit), (fmt, c.name)
+            got = np.asarray(t[c.name])
+            if c.dtype == "str":
+                assert got.astype(str).tolist() == want[c.name].astype(str).tolist()
+            else:
+                np.testing.assert_array_equal(got, want[c.name], err_msg=f"{fmt} {c.name}")
+        if fmt != "fits":
+            assert " ".join(t["x"].description.split()) == schema[1].description
+        else:
+            assert fits.getheader(path, 1)["TCOMM2"].startswith("centroid column")
+    # a run that is not complete is refused, unless asked for
+    half = tmp_path / "half.zarr"
+    shutil.copytree(store, half)
+    g = zarr.open_group(str(half), mode="r+")
+    g.attrs["cnnpipe"] = {**g.attrs["cnnpipe"], "status": "running"}
+    res = runner.invoke(cli, ["catalog", str(half), "--model", "levels", "-o",
+                              str(tmp_path / "h.csv")])
+    assert res.exit_code == 1
+    assert "not complete (status running)" in res.output
+    assert "--allow-incomplete" in res.output
+    res = runner.invoke(cli, ["catalog", str(half), "--model", "levels", "-o",
+                              str(tmp_path / "h.csv"), "--allow-incomplete"])
+    assert res.exit_code == 0, res.output
+    assert len(Table.read(tmp_path / "h.csv", format="ascii.ecsv")) == len(want["x"])
+    with pytest.raises(StoreError, match="has no model 'nope'"):
+        catalog_table(store, "nope")
+
+
+def test_mask_fits_passes_fitsverify_and_keeps_the_wcs(runs: Runs, tmp_path: Path) -> None:
+    store = runs.stores["tiled"]
+    path = tmp_path / "mask.fits"
+    res = CliRunner().invoke(cli, ["mask", str(store), "--model", "levels", "--fits", str(path)])
+    assert res.exit_code == 0, res.output
+    streamed = write_mask_fits(store, "levels", tmp_path / "strips.fits", strip_bytes=1000)
+    mask = zarr.open_group(str(store), mode="r")["images/sky/levels/mask"][...]
+    for p in (path, Path(streamed)):
+        with fits.open(p, do_not_scale_image_data=True) as hdul:
+            assert len(hdul) == 1
+            h, data = hdul[0].header, hdul[0].data
+            assert h["BITPIX"] == 8
+            assert h["BLANK"] == 255
+            assert h["CLASS2"] == "level2"
+            assert data.dtype == np.uint8
+            assert np.array_equal(data, mask)
+    w_file, w_store = WCS(fits.getheader(path)), store_wcs(store, "sky")
+    assert w_file.sip is not None
+    gx, gy = np.meshgrid(np.linspace(0, SHAPE[1] - 1, 7), np.linspace(0, SHAPE[0] - 1, 7))
+    np.testing.assert_allclose(w_file.all_pix2world(gx.ravel(), gy.ravel(), 0),
+                               w_store.all_pix2world(gx.ravel(), gy.ravel(), 0),
+                               rtol=0, atol=1e-12)
+    if shutil.which("fitsverify") is None:
+        pytest.skip("fitsverify not installed (Debian package fitsverify)")
+    out = subprocess.run(["fitsverify", "-e", str(path)], capture_output=True, text=True)
+    assert "0 error" in out.stdout, out.stdout
+    assert out.returncode == 0, out.stdout

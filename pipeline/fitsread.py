@@ -11,8 +11,10 @@ line's images and builds picklable Sources on top of it.
   files (never pickled; emptied in a forked child and at exit, or by
   :func:`clear_cache`):
 
-  - uncompressed HDU of an uncompressed file: a read-only ``numpy.memmap`` of the raw
-    (big-endian) data; a window reads only its rows' bytes.
+  - uncompressed HDU of an uncompressed file: positional reads (``os.preadv``) of the
+    window's bytes, row by row (one read when the window spans whole rows).  Not a
+    memmap: mapped file pages count in a worker's resident memory, so a memmap's RSS
+    grows with the image even though the pages are only cache.
   - tile-compressed HDU (``CompImageHDU``: RICE_1, GZIP_1, GZIP_2, HCOMPRESS_1, PLIO_1):
     ``CompImageHDU.section``, which decompresses only the tiles the window touches.
   - whole-file compression (``.fits.gz``, ``.bz2``, ``.xz``, ``.Z``, ``.zip``): such a
@@ -291,12 +293,51 @@ class _Scaling:
     blank: int | None  # integer BITPIX only
 
 
+class _RawFile:
+    """The uncompressed data array of one HDU, read by position (thread-safe ``preadv``)."""
+
+    def __init__(self, path: str, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.offset = offset
+        self.dtype = dtype
+        self.ny, self.nx = int(shape[0]), int(shape[1])
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Raw pixels (file dtype) of the in-image window ``[y0:y1, x0:x1]``."""
+        item = self.dtype.itemsize
+        out = np.empty((y1 - y0, x1 - x0), dtype=self.dtype)
+        if x0 == 0 and x1 == self.nx:
+            self._pread(out.reshape(-1), self.offset + y0 * self.nx * item)
+        else:
+            for i, y in enumerate(range(y0, y1)):
+                self._pread(out[i], self.offset + (y * self.nx + x0) * item)
+        return out
+
+    def _pread(self, dest: np.ndarray, pos: int) -> None:
+        view = memoryview(dest).cast("B")
+        done = 0
+        while done < len(view):
+            n = os.preadv(self.fd, [view[done:]], pos + done)
+            if n <= 0:
+                msg = f"unexpected end of file at byte {pos + done}"
+                raise OSError(msg)
+            done += n
+
+    def close(self) -> None:
+        """Close the file descriptor."""
+        os.close(self.fd)
+
+
 class _Handle:
-    """An open HDU in this process: a memmap / in-memory raw array, or an open HDUList."""
+    """An open HDU in this process.
+
+    A positional reader, an in-memory raw array (a decompressed stream), or an open
+    HDUList (tile compression).
+    """
 
     def __init__(
         self,
-        raw: np.ndarray | None,
+        raw: np.ndarray | _RawFile | None,
         hdul: fits.HDUList | None,
         index: int,
         scaling: _Scaling,
@@ -305,13 +346,18 @@ class _Handle:
         self.hdul = hdul
         self.index = index
         self.scaling = scaling
-        self.nbytes = int(raw.nbytes) if raw is not None and hdul is None else 0
-        self.in_memory = raw is not None and not isinstance(raw, np.memmap)
+        self.in_memory = isinstance(raw, np.ndarray)
+        self.nbytes = int(raw.nbytes) if isinstance(raw, np.ndarray) else 0
         self.lock = threading.Lock()
         self.closed = False
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
         """Raw pixels of the window (file dtype), or None when the handle was closed."""
+        if isinstance(self.raw, _RawFile):
+            with self.lock:  # the descriptor must not be closed under a reader
+                if self.closed:
+                    return None
+                return self.raw.read(y0, y1, x0, x1)
         if self.raw is not None:
             return self.raw[y0:y1, x0:x1]
         # Decompression state of an HDUList is not thread-safe.
@@ -329,6 +375,8 @@ class _Handle:
             self._close()
 
     def _close(self) -> None:
+        if not self.closed and isinstance(self.raw, _RawFile):
+            self.raw.close()
         self.closed = True
         if self.hdul is not None:
             self.hdul.close()
@@ -372,8 +420,7 @@ def _open_handle(path: str, index: int, size: int) -> _Handle:
     if size < need:
         msg = f"the data need {need} bytes but the file has {size}"
         raise OSError(msg)
-    raw = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-    return _Handle(raw, None, index, scaling)
+    return _Handle(_RawFile(path, offset, dtype, shape), None, index, scaling)
 
 
 class _HandleCache:

@@ -499,3 +499,27 @@ def test_source_pickles_and_reads_the_same(tmp_path: Path) -> None:
     csrc = one(comp)
     csrc.read_window(0, 4, 0, 4)  # opens the cached handle; the pickle must not carry it
     assert_same(pickle.loads(pickle.dumps(csrc)).read_window(0, 40, 0, 56), full(csrc))
+
+
+def _rss_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise RuntimeError("no RssFile")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_reading_a_whole_image_does_not_map_it_into_memory(tmp_path: Path) -> None:
+    # Regression: windows were slices of a memmap, so every page read stayed mapped and
+    # counted in the worker's resident memory: peak RSS grew with the image size.
+    path = tmp_path / "big.fits"
+    data = np.arange(2048 * 4096, dtype=np.float32).reshape(2048, 4096)  # 32 MiB
+    fits.PrimaryHDU(data).writeto(path)
+    (src,) = open_sources([str(path)])
+    before = _rss_file_kib()
+    for y0 in range(0, 2048, 256):
+        win = src.read_window(y0, y0 + 256, 100, 3000)
+        np.testing.assert_array_equal(win[0], data[y0:y0 + 256, 100:3000])
+    grown_mib = (_rss_file_kib() - before) / 1024
+    assert grown_mib < 8, f"file-backed RSS grew by {grown_mib:.0f} MiB"
+    clear_cache()

@@ -314,7 +314,7 @@ class _RawFile:
         return out
 
     def _pread(self, dest: np.ndarray, pos: int) -> None:
-        view = memoryview(dest).cast("B")
+        view = memoryview(dest.data).cast("B")
         done = 0
         while done < len(view):
             n = os.preadv(self.fd, [view[done:]], pos + done)

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "Run models over FITS images on a Dask cluster into a Zarr store."),
     "catalog": ("catalog", "Export a model's catalog from a run store (Parquet, FITS, ...)."),
     "mask": ("mask", "Write a model's class mask of one image as a FITS file."),
+    "craters": ("craters", "Crater size-frequency distribution and model age of a store."),
     "demo": ("demo", "Simulate a small survey and run the bundled demo models on it."),
 }
 

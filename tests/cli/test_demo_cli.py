@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from click.testing import CliRunner
 
@@ -27,6 +29,23 @@ def test_demo_runs_and_reports(tmp_path: Path) -> None:
                                               path=f"images/{key}/{model}/mask")[...])
             assert mask.shape == (256, 256)
             assert (mask != 255).any()
+    # crater statistics of the demo's crater field, with the CSFD plot
+    plot = tmp_path / "sfd.png"
+    res = CliRunner().invoke(cli, ["craters", str(out / "craters.zarr"), "--plot", str(plot),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    (stats,) = json.loads(res.output)
+    assert stats["body"] == "MOON"
+    assert stats["area_km2"] == pytest.approx(256 * 256 * 0.1**2)
+    assert stats["n_craters"] > 20
+    assert 0 < stats["age_gyr"] < 4.6
+    assert stats["age_err_minus_gyr"] > 0
+    assert plot.stat().st_size > 10_000
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a sky store has no craters model: a one-line error
+    res = CliRunner().invoke(cli, ["craters", str(out / "sky.zarr"), "--model", "demo_segment"])
+    assert res.exit_code != 0
+    assert "Expected a craters model" in res.output
     # a rerun with another seed replaces the outputs (never resumes stale results)
     before = np.asarray(zarr.open_array(str(out / "sky.zarr"),
                                         path="images/sky/demo_segment/prob")[...])

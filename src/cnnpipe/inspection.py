@@ -19,6 +19,7 @@ from cnnpipe.modelmeta import (
     NormMethod,
     OutputKind,
     Task,
+    load_onnx,
 )
 
 __all__ = [
@@ -250,17 +251,8 @@ def inspect_model(path: str | Path) -> ModelInfo:
     ModelError
         The file is missing or not ONNX, or its cnnpipe metadata is invalid.
     """
-    import onnx
-
     path = Path(path)
-    if not path.is_file():
-        msg = f"{path}: no such model file."
-        raise ModelError(msg)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        msg = f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})."
-        raise ModelError(msg) from None
+    model = load_onnx(path)
     props = {p.key: p.value for p in model.metadata_props}
     meta = None
     if METADATA_KEY in props:

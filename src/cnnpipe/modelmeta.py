@@ -27,6 +27,7 @@ __all__ = [
     "OutputKind",
     "OutputSpec",
     "Task",
+    "load_onnx",
     "read_model_meta",
 ]
 
@@ -311,6 +312,27 @@ def _tuple_patch(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def load_onnx(path: str | Path) -> Any:
+    """Load an ONNX model's graph and metadata; external data is never loaded or followed.
+
+    Raises
+    ------
+    ModelError
+        The file is missing or not a readable ONNX model.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: no such model file."
+        raise ModelError(msg)
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        msg = f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})."
+        raise ModelError(msg) from None
+
+
 def read_model_meta(path: str | Path) -> ModelMeta:
     """Read and validate the ``cnnpipe`` metadata of an ONNX model file.
 
@@ -321,17 +343,8 @@ def read_model_meta(path: str | Path) -> ModelMeta:
     ModelError
         The file is missing, not ONNX, or has no/invalid cnnpipe metadata.
     """
-    import onnx
-
     path = Path(path)
-    if not path.is_file():
-        msg = f"{path}: no such model file."
-        raise ModelError(msg)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        msg = f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})."
-        raise ModelError(msg) from None
+    model = load_onnx(path)
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
         msg = (

@@ -930,10 +930,11 @@ def report(data: dict[str, Any]) -> str:
         f"{mem['other_processes_cores']:.2f} cores on average during this section.",
         "",
         "| image | FITS size | peak RSS (sum) | client | workers | anon / file-backed at "
-        "peak | peak of anon-only sum | processes | wall |",
+        "peak | peak of anon-only sum | processes | wall (Mpix/s, vs bare ORT) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for size, v in mem["images"].items():
+        rate = int(size) ** 2 / 1e6 / v["wall_s"]
         client = sum(b for k, b in v["by_role"].items() if k.startswith("client"))
         workers = sum(b for k, b in v["by_role"].items() if not k.startswith("client"))
         sp = v["split_bytes"]
@@ -942,7 +943,12 @@ def report(data: dict[str, Any]) -> str:
             f"**{_mib(v['peak_bytes'])}** | {_mib(client)} | {_mib(workers)} | "
             f"{_mib(sp['RssAnon'] + sp['RssShmem'])} / {_mib(sp['RssFile'])} | "
             f"{_mib(v['peak_not_file_backed_bytes'])} | "
-            f"{v['max_processes']} | {v['wall_s']:.0f} s |")
+            f"{v['max_processes']} | {v['wall_s']:.0f} s ({rate:.2f}, "
+            f"{rate / r[tp['reference']]['mpix_s']:.2f}) |")
+    lines.append("")
+    lines.append("Wall = the whole `cnnpipe run` CLI process (Python start-up, cluster, "
+                 "everything); \"vs bare ORT\" compares its Mpix/s with the bare onnxruntime "
+                 "rate of section 1 (same model, patch and batch), a derived figure.")
     lines.append("")
     lines.append(f"Growth of the peak, largest / smallest image: {mem['growth']:.2f}x "
                  f"(anon-only: {mem['growth_not_file_backed']:.2f}x). File-backed RSS is "
@@ -1035,9 +1041,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each timing, wait until other processes use fewer cores")
     ap.add_argument("--quiet-budget", type=float,
                     help="total seconds the waiting for quiet may take [600; quick 0]")
+    ap.add_argument("--from-json", type=Path,
+                    help="only re-render the Markdown of an earlier run's JSON")
     ap.add_argument("--no-sparse", action="store_true",
                     help="skip the CLI dry run on a sparse --plan-size² FITS file")
     a = ap.parse_args(argv)
+    if a.from_json:
+        md = report(json.loads(a.from_json.read_text()))
+        a.from_json.with_suffix(".md").write_text(md)
+        print(md)
+        return 0
     q = a.quick
     size = a.size or (1024 if q else 4096)
     mem_sizes = [int(x) for x in (a.mem_sizes or ("1024,2048" if q else "4000,16000"))

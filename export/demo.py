@@ -72,7 +72,7 @@ class DemoSettings:
     n_galaxy_scenes: int = 40
     n_crater_scenes: int = 6
     classify_steps: int = 12000
-    segment_steps: int = 1500
+    segment_steps: int = 4000
     crater_steps: int = 1000
     unet_patch: int = 96
     batch: int = 16

@@ -37,6 +37,7 @@ pixel scale (:class:`Scale`).  World coordinates are added by
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -174,7 +175,7 @@ def _cat(frags: Mapping[tuple[int, int], Fragment], name: str,
     return np.concatenate(parts)
 
 
-class PixelHead:
+class PixelHead(ABC):
     """Turns raw model output of fixed-shape patches into unit-sized arrays.
 
     Use: ``acc = head.new(shape)``; per batch ``probs = head.activate(raw)`` and per
@@ -240,10 +241,11 @@ class PixelHead:
         """The columns of this model's catalog (:func:`.columns.catalog_schema`)."""
         return catalog_schema(self.meta, world, id_dtype=id_dtype)
 
+    @abstractmethod
     def catalog(self, view: UnitView) -> Fragment:
         """The catalog fragment of one unit: 1-D arrays (pixel coordinates of the image)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def merge(
         self, frags: Mapping[tuple[int, int], Fragment], *, image_shape: tuple[int, int]
     ) -> Fragment:
@@ -254,10 +256,10 @@ class PixelHead:
         Returns the task columns of :meth:`columns` plus ``x``, ``y`` and ``flags``;
         physical sizes are NaN until :meth:`physical`.
         """
-        raise NotImplementedError
 
     def physical(self, rows: Fragment, scale: Scale) -> None:
         """Fill the physical-size columns of ``rows`` in place (default: none)."""
+        return None  # only craters have physical sizes (diameters)
 
 
 class SegmentHead(PixelHead):
@@ -498,7 +500,7 @@ class ClassifyHead(PixelHead):
         return rows
 
 
-_HEADS: dict[Task, type[PixelHead]] = {
+_HEADS: dict[Task, Callable[[ModelMeta], PixelHead]] = {
     Task.SEGMENT: SegmentHead,
     Task.CRATERS: CratersHead,
     Task.CLASSIFY: ClassifyHead,

@@ -89,6 +89,10 @@ class RunConfig:
         Pixel convention of the catalog's x/y columns: 0 (numpy / astropy) or 1 (FITS).
     log_every : float
         Seconds between plain progress log lines (no terminal).
+    tls_ca_file, tls_cert, tls_key : str or None
+        Mutual TLS to ``--scheduler tls://...``: the cluster's CA certificate and this
+        client's certificate and key (PEM).  All three or none; without them Dask's own
+        configuration (``distributed.comm.tls.*``) applies.
     """
 
     inputs: tuple[str, ...] = ()
@@ -110,6 +114,9 @@ class RunConfig:
     catalog: str | None = None
     catalog_origin: int = 0
     log_every: float = 10.0
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -150,6 +157,20 @@ class RunConfig:
             set_(self, "hdu", int(self.hdu))
         if self.catalog_origin not in (0, 1) or isinstance(self.catalog_origin, bool):
             msg = f"Expected --catalog-origin 0 or 1. Got {self.catalog_origin!r}."
+            raise ConfigError(msg)
+        tls = (self.tls_ca_file, self.tls_cert, self.tls_key)
+        if any(tls) and not all(tls):
+            msg = (
+                "Expected all of --tls-ca-file, --tls-cert and --tls-key (mutual TLS). Got "
+                f"ca={self.tls_ca_file!r}, cert={self.tls_cert!r}, key={self.tls_key!r}."
+            )
+            raise ConfigError(msg)
+        for name, value in zip(("--tls-ca-file", "--tls-cert", "--tls-key"), tls):
+            if value and not os.path.isfile(value):
+                msg = f"{name} {value}: no such file. Expected a PEM file; check the path."
+                raise ConfigError(msg)
+        if any(tls) and not self.scheduler:
+            msg = "Expected --scheduler tls://HOST:PORT with the --tls-* options. Got none."
             raise ConfigError(msg)
         if not self.log_every > 0:
             msg = f"Expected log_every > 0 seconds. Got {self.log_every!r}."

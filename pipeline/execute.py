@@ -31,6 +31,7 @@ from cnnpipe.pipeline.worker import (
 
 __all__ = [
     "ClusterPlan",
+    "check_security",
     "cluster_plan",
     "connect",
     "device_spec",
@@ -73,12 +74,18 @@ def connect(config: RunConfig, plan: ClusterPlan) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if config.scheduler:
+        check_security(config)
         try:
-            client = Client(config.scheduler, timeout="30s")
+            client = Client(config.scheduler, timeout="30s", security=_security(config))
         except (OSError, TimeoutError) as exc:
+            hint = (
+                " A tls:// scheduler needs --tls-ca-file, --tls-cert and --tls-key (or Dask's "
+                "distributed.comm.tls configuration)."
+                if config.scheduler.startswith("tls://") else ""
+            )
             msg = (
                 f"Cannot connect to the Dask scheduler at {config.scheduler} ({exc}). Check "
-                "the address, or leave out --scheduler to start a local cluster."
+                f"the address, or leave out --scheduler to start a local cluster.{hint}"
             )
             raise ConfigError(msg) from None
         try:
@@ -102,6 +109,40 @@ def connect(config: RunConfig, plan: ClusterPlan) -> Iterator[Any]:
             client.close()
     finally:
         cluster.close()
+
+
+def check_security(config: RunConfig) -> None:
+    """Refuse a ``tls://`` scheduler without certificates before anything is written.
+
+    Raises
+    ------
+    ConfigError
+        ``--scheduler tls://...`` with neither ``--tls-*`` options nor Dask's
+        ``distributed.comm.tls`` configuration.
+    """
+    if not (config.scheduler or "").startswith("tls://") or config.tls_ca_file:
+        return
+    import dask
+
+    if not dask.config.get("distributed.comm.tls.ca-file", None):
+        msg = (
+            f"Expected TLS certificates for the scheduler {config.scheduler}: pass "
+            "--tls-ca-file, --tls-cert and --tls-key (or set Dask's distributed.comm.tls "
+            "configuration). Got none."
+        )
+        raise ConfigError(msg)
+
+
+def _security(config: RunConfig) -> Any:
+    """Mutual-TLS settings from ``--tls-*``; None leaves Dask's configuration in charge."""
+    if not config.tls_ca_file:
+        return None
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=config.tls_ca_file, tls_client_cert=config.tls_cert,
+        tls_client_key=config.tls_key, require_encryption=True,
+    )
 
 
 def _probe(path: str, sha256: str, spec: SessionSpec) -> list[str]:

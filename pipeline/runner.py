@@ -23,7 +23,13 @@ from cnnpipe.errors import InputError, ModelError, ModelMismatchError
 from cnnpipe.modelmeta import ModelMeta, Task, read_model_meta
 from cnnpipe.pipeline.catalogs import merge_catalogs
 from cnnpipe.pipeline.config import RunConfig, StoreMode
-from cnnpipe.pipeline.execute import cluster_plan, connect, device_spec, run_units
+from cnnpipe.pipeline.execute import (
+    check_security,
+    cluster_plan,
+    connect,
+    device_spec,
+    run_units,
+)
 from cnnpipe.pipeline.heads import head_for
 from cnnpipe.pipeline.plan import Plan, make_plan
 from cnnpipe.pipeline.positions import Positions, partition, read_catalog, to_pixels
@@ -365,6 +371,7 @@ def run(
     t0 = time.monotonic()
     prep = prepare(config)
     gpu = _local_gpu(config)  # a missing local GPU is refused before the store is touched
+    check_security(config)
     reporter = reporter or NullReporter()
     run_id = uuid.uuid4().hex[:12]
     out = os.path.abspath(config.out)

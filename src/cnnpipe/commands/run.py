@@ -30,6 +30,12 @@ def _parse_bands(
 @click.option("--hdu", metavar="H", help="HDU index or EXTNAME[,EXTVER] to read.")
 @click.option("--scheduler", metavar="ADDRESS", envvar="CNNPIPE_SCHEDULER",
               help="Existing Dask scheduler (default: start a local cluster).")
+@click.option("--tls-ca-file", metavar="CA.pem", envvar="CNNPIPE_TLS_CA_FILE",
+              help="CA certificate of a tls:// scheduler (mutual TLS, with --tls-cert/-key).")
+@click.option("--tls-cert", metavar="CERT.pem", envvar="CNNPIPE_TLS_CERT",
+              help="This client's certificate for a tls:// scheduler.")
+@click.option("--tls-key", metavar="KEY.pem", envvar="CNNPIPE_TLS_KEY",
+              help="This client's private key for a tls:// scheduler.")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Local cluster worker processes [default: from the CPU count].")
 @click.option("--threads", type=click.IntRange(min=1),
@@ -66,6 +72,9 @@ def command(
     bands: tuple[tuple[str, str], ...],
     hdu: str | None,
     scheduler: str | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     workers: int | None,
     threads: int | None,
     ort_threads: int | None,
@@ -92,7 +101,8 @@ def command(
         device=Device(device), tensorrt=tensorrt,
         mode=StoreMode.RESUME if resume else StoreMode.OVERWRITE,
         tile=tile, patch=patch, batch=batch, retries=retries, catalog=catalog,
-        catalog_origin=int(catalog_origin),
+        catalog_origin=int(catalog_origin), tls_ca_file=tls_ca_file, tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     if dry_run:
         for line in describe(config):

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cnnpipe.errors import CnnpipeError, ConfigError, WorkerError
+from cnnpipe.errors import CnnpipeError, ConfigError, InputError, WorkerError
 from cnnpipe.pipeline.config import Device, RunConfig
 from cnnpipe.pipeline.progress import NullReporter, Reporter
 from cnnpipe.pipeline.worker import (
@@ -35,6 +35,7 @@ __all__ = [
     "cluster_plan",
     "connect",
     "device_spec",
+    "local_cluster",
     "run_units",
 ]
 
@@ -71,7 +72,7 @@ def cluster_plan(config: RunConfig, *, cores: int | None = None, gpu: bool = Fal
 @contextlib.contextmanager
 def connect(config: RunConfig, plan: ClusterPlan) -> Iterator[Any]:
     """A :class:`distributed.Client` on ``--scheduler`` or on an embedded LocalCluster."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if config.scheduler:
         check_security(config)
@@ -93,6 +94,15 @@ def connect(config: RunConfig, plan: ClusterPlan) -> Iterator[Any]:
         finally:
             client.close()
         return
+    with local_cluster(plan) as cluster, Client(cluster) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def local_cluster(plan: ClusterPlan) -> Iterator[Any]:
+    """An embedded :class:`distributed.LocalCluster` of worker processes shaped by ``plan``."""
+    from distributed import LocalCluster
+
     cluster = LocalCluster(
         n_workers=plan.workers,
         threads_per_worker=plan.threads,
@@ -102,11 +112,7 @@ def connect(config: RunConfig, plan: ClusterPlan) -> Iterator[Any]:
         silence_logs=logging.ERROR,
     )
     try:
-        client = Client(cluster)
-        try:
-            yield client
-        finally:
-            client.close()
+        yield cluster
     finally:
         cluster.close()
 
@@ -264,6 +270,8 @@ def run_units(
     ------
     WorkerError
         A unit failed ``retries + 1`` times (outstanding units are cancelled).
+    InputError
+        The same, when the unit failed on its input (unreadable pixels).
     """
     from distributed import as_completed
 
@@ -306,6 +314,8 @@ def run_units(
                 what = str(exc) if isinstance(exc, CnnpipeError) else f"{type(exc).__name__}: {exc}"
                 what = " ".join(what.split())
                 msg = f"{_unit_label(task)} failed after {retries + 1} attempt(s): {what}"
+                if isinstance(exc, InputError):
+                    raise InputError(msg) from None  # the input's fault: a nightly quarantines it
                 raise WorkerError(msg) from None
             fut.release()
             results.append(result)

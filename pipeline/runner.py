@@ -47,7 +47,7 @@ from cnnpipe.pipeline.store import (
 )
 from cnnpipe.pipeline.worker import ModelJob, UnitTask
 
-__all__ = ["Prepared", "RunSummary", "dry_run", "prepare", "run"]
+__all__ = ["Prepared", "RunSummary", "dry_run", "local_gpu", "prepare", "run"]
 
 log = logging.getLogger("cnnpipe.run")
 
@@ -370,7 +370,7 @@ def run(
     """
     t0 = time.monotonic()
     prep = prepare(config)
-    gpu = _local_gpu(config)  # a missing local GPU is refused before the store is touched
+    gpu = local_gpu(config)  # a missing local GPU is refused before the store is touched
     check_security(config)
     reporter = reporter or NullReporter()
     run_id = uuid.uuid4().hex[:12]
@@ -451,7 +451,7 @@ def run(
         lock.release()
 
 
-def _local_gpu(config: RunConfig) -> bool:
+def local_gpu(config: RunConfig) -> bool:
     """Whether the embedded cluster gets a GPU; checks this machine's onnxruntime.
 
     Raises

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "catalog": ("catalog", "Export a model's catalog from a run store (Parquet, FITS, ...)."),
     "mask": ("mask", "Write a model's class mask of one image as a FITS file."),
     "craters": ("craters", "Crater size-frequency distribution and model age of a store."),
+    "nightly": ("nightly", "Process a night's new inputs exactly once; quarantine bad ones."),
     "demo": ("demo", "Simulate a small survey and run the bundled demo models on it."),
 }
 

@@ -1,0 +1,108 @@
+"""The night's Dask cluster: started once, used by every input, closed at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cnnpipe.errors import ConfigError
+from cnnpipe.pipeline.config import RunConfig
+from cnnpipe.pipeline.execute import cluster_plan, local_cluster
+from cnnpipe.pipeline.nightly.config import ClusterKind, ClusterSpec
+
+__all__ = ["NightCluster", "open_cluster"]
+
+log = logging.getLogger("cnnpipe.nightly")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NightCluster:
+    """How each input's run reaches the cluster."""
+
+    address: str
+    description: str
+    #: onnxruntime intra-op threads per session (None: cnnpipe run's default)
+    ort_threads: int | None = None
+
+
+def _security(spec: ClusterSpec) -> Any:
+    if not spec.tls_ca_file:
+        return None
+    from distributed.security import Security
+
+    return Security(tls_ca_file=spec.tls_ca_file, tls_client_cert=spec.tls_cert,
+                    tls_client_key=spec.tls_key, require_encryption=True)
+
+
+def _import(kind: str, module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        msg = (f"[cluster] kind = {kind!r} needs {module.split('.')[0]}; install it with "
+               f"pip install 'cnnpipe[{extra}]'.")
+        raise ConfigError(msg) from None
+
+
+@contextlib.contextmanager
+def open_cluster(spec: ClusterSpec, run: RunConfig, *, gpu: bool) -> Iterator[NightCluster]:
+    """Start (or reach) the cluster of ``spec`` for the whole night.
+
+    Parameters
+    ----------
+    spec : ClusterSpec
+        The ``[cluster]`` table.
+    run : RunConfig
+        The night's run settings (threads and device shape an embedded cluster).
+    gpu : bool
+        An embedded cluster gets this machine's GPU (Dask resource ``GPU=1``).
+    """
+    if spec.kind is ClusterKind.SCHEDULER:
+        yield NightCluster(address=spec.address or "", description=f"scheduler {spec.address}",
+                           ort_threads=run.ort_threads)
+        return
+    if spec.kind is ClusterKind.EMBEDDED:
+        from dataclasses import replace
+
+        plan = cluster_plan(replace(run, workers=spec.workers), gpu=gpu)
+        with local_cluster(plan) as cluster:
+            yield NightCluster(
+                address=cluster.scheduler_address, ort_threads=plan.ort_threads,
+                description=f"embedded: {plan.workers} worker(s) x {plan.threads} thread(s) x "
+                            f"{plan.ort_threads} onnxruntime thread(s)" + (", GPU" if gpu else ""),
+            )
+        return
+    if spec.kind is ClusterKind.SLURM:
+        mod = _import("slurm", "dask_jobqueue", "slurm")
+        kwargs = dict(spec.slurm)
+        if spec.tls_ca_file:
+            kwargs.setdefault("security", _security(spec))
+        try:
+            cluster = mod.SLURMCluster(**kwargs)
+        except (TypeError, ValueError) as exc:
+            msg = f"[cluster.slurm]: dask_jobqueue.SLURMCluster refused the settings ({exc})."
+            raise ConfigError(msg) from None
+        what = f"slurm: {spec.workers or 1} worker(s), queue {kwargs.get('queue', 'default')}"
+    else:
+        mod = _import("kubernetes", "dask_kubernetes.operator", "kubernetes")
+        try:
+            cluster = mod.KubeCluster(**spec.kubernetes)
+        except (TypeError, ValueError) as exc:
+            msg = f"[cluster.kubernetes]: KubeCluster refused the settings ({exc})."
+            raise ConfigError(msg) from None
+        what = f"kubernetes: {spec.workers or 1} worker(s)"
+    try:
+        n = spec.workers or 1
+        if spec.kind is ClusterKind.SLURM:
+            # jobs end at their walltime (workers retire at --lifetime): adapt re-submits
+            cluster.adapt(minimum_jobs=n, maximum_jobs=n)
+        else:
+            cluster.scale(n)
+        yield NightCluster(address=cluster.scheduler_address, description=what,
+                           ort_threads=run.ort_threads)
+    finally:
+        cluster.close()

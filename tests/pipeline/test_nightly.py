@@ -1,0 +1,346 @@
+"""``cnnpipe nightly`` over a folder of simulated exposures: plain, multi-extension,
+tile-compressed and gzip files and one corrupt file, on a real embedded Dask cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from cnnpipe.cli import cli
+from cnnpipe.errors import ConfigError, LockedError
+from cnnpipe.pipeline.nightly import (
+    EntryStatus,
+    Ledger,
+    NightlyConfig,
+    default_night,
+    find_inputs,
+    run_nightly,
+)
+from cnnpipe.pipeline.store import StoreLock
+from cnnpipe.testing.fitsfiles import (
+    write_compressed,
+    write_float,
+    write_gzip,
+    write_mef,
+    write_truncated,
+)
+from cnnpipe.testing.onnx_models import craters_model, segment_model
+
+NIGHT = "2026-11-20"
+RUN = {"tile": 32, "patch": 24, "batch": 4, "device": "cpu", "retries": 0}
+
+
+def _exposures(folder: Path, *, corrupt: bool = True) -> dict[str, Path]:
+    folder.mkdir(parents=True)
+    files = {
+        "plain": write_float(folder / "exp1.fits", shape=(70, 90), seed=1)[0],
+        "mef": write_mef(folder / "exp2.fits", n_sci=2, shape=(40, 50), seed=2),
+        "rice": write_compressed(folder / "exp3.fits.fz", shape=(60, 64), seed=3),
+        "gzip": write_gzip(folder / "exp4.fits.gz", shape=(48, 64), seed=4),
+    }
+    if corrupt:
+        files["corrupt"] = write_truncated(folder / "exp5.fits", shape=(64, 64), keep=0.6)
+    (folder / "notes.txt").write_text("not an exposure")
+    return files
+
+
+def _config(root: Path, models: list[Path], **extra: object) -> Path:
+    lines = [
+        f'output_root = "{root / "out"}"',
+        f'inputs = ["{root / "incoming" / "{night}"}"]',
+        "models = [" + ", ".join(f'"{m}"' for m in models) + "]",
+        *(f"{k} = {json.dumps(v)}" for k, v in extra.items()),
+        "[run]",
+        *(f"{k} = {json.dumps(v)}" for k, v in RUN.items()),
+        "[cluster]",
+        'kind = "embedded"',
+        "workers = 1",
+    ]
+    path = root / "nightly.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("models")
+    seg, crat = root / "seg.onnx", root / "craters.onnx"
+    segment_model(seg)
+    craters_model(crat)
+    return [seg, crat]
+
+
+def _stores(root: Path) -> list[Path]:
+    return sorted((root / "out" / NIGHT).glob("*.zarr"))
+
+
+def _arrays(store: Path) -> dict[str, bytes]:
+    g = zarr.open_group(str(store), mode="r")
+    out: dict[str, bytes] = {}
+    for key in g["images"]:
+        for model in ("seg", "craters"):
+            for name in ("mask", "prob", "tiles"):
+                out[f"{key}/{model}/{name}"] = np.asarray(
+                    g[f"images/{key}/{model}/{name}"][...]).tobytes()
+    for model in ("seg", "craters"):
+        cat = g[f"catalogs/{model}"]
+        for col in sorted(cat.array_keys()):
+            out[f"cat/{model}/{col}"] = np.asarray(cat[col][...]).tobytes()
+    return out
+
+
+def test_a_night_processes_good_inputs_once_and_quarantines_the_corrupt_one(
+    tmp_path: Path, models: list[Path]
+) -> None:
+    files = _exposures(tmp_path / "incoming" / NIGHT)
+    config = _config(tmp_path, models)
+    res = CliRunner().invoke(cli, ["nightly", str(config), "--night", NIGHT, "--log-format",
+                                   "json"], catch_exceptions=False)
+    assert res.exit_code == 3, res.output
+    stores = _stores(tmp_path)
+    assert len(stores) == 4  # plain, MEF (one store, one image per extension), rice, gzip
+    for s in stores:
+        attrs = zarr.open_group(str(s), mode="r").attrs["cnnpipe"]
+        assert attrs["status"] == "complete"
+    mef = next(s for s in stores if s.name.startswith("exp2-"))
+    assert sorted(zarr.open_group(str(mef), mode="r")["images"]) == ["exp2_SCI_1", "exp2_SCI_2"]
+
+    # the corrupt file left the input folder with its reason
+    quarantined = tmp_path / "out" / "quarantine" / NIGHT / "exp5.fits"
+    assert quarantined.exists()
+    assert not files["corrupt"].exists()
+    reason = json.loads(quarantined.with_name("exp5.fits.reason.json").read_text())
+    assert "truncated" in reason["reason"]
+
+    # ledger: four done, one quarantined, keyed by content
+    entries = Ledger(tmp_path / "out" / "ledger").entries()
+    assert sorted(e.status.value for e in entries) == ["done"] * 4 + ["quarantined"]
+
+    # the report: JSON + Markdown + quick-looks (a mask per image, an SFD plot per image)
+    rep = json.loads((tmp_path / "out" / "reports" / f"{NIGHT}.json").read_text())
+    assert rep["exit_code"] == 3
+    assert rep["counts"] == {"found": 5, "done": 4, "skipped": 0, "quarantined": 1, "failed": 0}
+    md = (tmp_path / "out" / "reports" / f"{NIGHT}.md").read_text()
+    assert "quarantined" in md
+    assert "exp5.fits" in md
+    pngs = sorted((tmp_path / "out" / "reports" / NIGHT).glob("*-mask.png"))
+    assert len(pngs) == 5  # one per image of the seg model (the MEF has two)
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+    # a second run does nothing; the night's report still shows what the first did
+    res = CliRunner().invoke(cli, ["nightly", str(config), "--night", NIGHT],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "0 done, 4 already done" in res.output
+    rep2 = json.loads((tmp_path / "out" / "reports" / f"{NIGHT}.json").read_text())
+    assert rep2["exit_code"] == 0
+    assert rep2["counts"] == rep["counts"]
+    assert rep2["cluster"] == "none (nothing to do)"
+    assert [o["invocation"] for o in rep2["inputs"]] == [o["invocation"] for o in rep["inputs"]]
+    assert _stores(tmp_path) == stores
+
+    # a renamed copy of a done input is the same content: still nothing to do
+    os.rename(files["plain"], files["plain"].with_name("exp1-renamed.fits"))
+    report = run_nightly(NightlyConfig.from_toml(config), NIGHT, plots=False)
+    assert report.exit_code == 0
+    assert report.counts()["done"] == 4
+    assert ("exp1-renamed.fits", "done") not in [(Path(o.input).name, o.status)
+                                                 for o in report.outcomes]  # the earlier one
+
+
+def test_copy_mode_keeps_the_input_and_does_not_retry_it(
+    tmp_path: Path, models: list[Path]
+) -> None:
+    folder = tmp_path / "incoming" / NIGHT
+    folder.mkdir(parents=True)
+    bad = write_truncated(folder / "bad.fits")
+    config = NightlyConfig.from_toml(_config(tmp_path, models[:1], quarantine_mode="copy"))
+    first = run_nightly(config, NIGHT, plots=False)
+    assert first.exit_code == 3
+    assert bad.exists()
+    second = run_nightly(config, NIGHT, plots=False)
+    assert second.exit_code == 0
+    assert second.this_invocation["skipped"] == 1
+    assert [(o.status, o.invocation) for o in second.outcomes] == [
+        ("quarantined", first.started)]  # the night's report keeps the first invocation's
+    assert Ledger(config.ledger).entries()[0].status is EntryStatus.QUARANTINED
+
+
+def test_a_killed_night_resumes_with_nothing_duplicated(
+    tmp_path: Path, models: list[Path]
+) -> None:
+    folder = tmp_path / "incoming" / NIGHT
+    folder.mkdir(parents=True)
+    for i in range(3):
+        write_float(folder / f"big{i}.fits", shape=(256, 256), seed=10 + i)
+    config = _config(tmp_path, models[:1])
+    cmd = [str(Path(sys.executable).with_name("cnnpipe")), "nightly", str(config), "--night",
+           NIGHT, "--log-format", "json", "--no-plots"]
+    log = tmp_path / "killed.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stderr=f, stdout=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:  # kill -9 once the second input is under way
+        deadline = time.monotonic() + 120
+        while log.read_text().count('"event": "input_started"') < 2:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = [e for e in Ledger(tmp_path / "out" / "ledger").entries()]
+    assert len(done_before) == 1  # the first input only
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    events = [json.loads(line) for line in rerun.stderr.splitlines() if line.startswith("{")]
+    assert sum(e.get("event") == "input_skipped" for e in events) == 1
+    assert sum(e.get("event") == "input_done" for e in events) == 2
+    entries = Ledger(tmp_path / "out" / "ledger").entries()
+    assert len(entries) == 3
+    assert {e.input for e in entries} == {
+        str(folder / f"big{i}.fits") for i in range(3)}
+    stores = _stores(tmp_path)
+    assert len(stores) == 3
+
+    # each store equals a clean `cnnpipe run` of its input with the same settings
+    for i, store in enumerate(sorted(stores)):
+        ref = tmp_path / f"ref{i}.zarr"
+        res = CliRunner().invoke(cli, [
+            "run", str(folder / f"big{i}.fits"), "--model", str(models[0]), "--out", str(ref),
+            "--tile", "32", "--patch", "24", "--batch", "4", "--device", "cpu",
+            "--workers", "1"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        g, r = zarr.open_group(str(store), mode="r"), zarr.open_group(str(ref), mode="r")
+        for name in ("mask", "prob", "tiles"):
+            a = np.asarray(g[f"images/big{i}/seg/{name}"][...])
+            b = np.asarray(r[f"images/big{i}/seg/{name}"][...])
+            assert a.tobytes() == b.tobytes()
+        cat_a = {c: np.asarray(g[f"catalogs/seg/{c}"][...]) for c in g["catalogs/seg"].array_keys()}
+        cat_b = {c: np.asarray(r[f"catalogs/seg/{c}"][...]) for c in r["catalogs/seg"].array_keys()}
+        assert cat_a.keys() == cat_b.keys()
+        for c in cat_a:
+            assert cat_a[c].tobytes() == cat_b[c].tobytes(), c
+
+
+def test_a_second_nightly_on_the_same_night_is_refused(
+    tmp_path: Path, models: list[Path]
+) -> None:
+    (tmp_path / "incoming" / NIGHT).mkdir(parents=True)
+    config = NightlyConfig.from_toml(_config(tmp_path, models[:1]))
+    holder = StoreLock(config.night_dir(NIGHT), run_id="other")
+    holder.acquire()
+    try:
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            run_nightly(config, NIGHT)
+    finally:
+        holder.release()
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('inputs = ["x"]\nmodels = ["m"]', "output_root: Expected a non-empty string"),
+    ('output_root = "o"\nmodels = ["m"]', "inputs: Expected a non-empty list"),
+    ('output_root = "o"\ninputs = ["x"]\nmodels = ["m"]\nfoo = 1', r"unknown key\(s\) \['foo'\]"),
+    ('output_root = "o"\ninputs = ["x"]\nmodels = ["m"]\n[cluster]\nkind = "mesos"',
+     "kind: Expected one of"),
+    ('output_root = "o"\ninputs = ["x"]\nmodels = ["m"]\n[cluster]\nkind = "scheduler"',
+     "address"),
+    ('output_root = "o"\ninputs = ["x"]\nmodels = ["m"]\n[run]\ntile = 0', r"\[run\].*tile"),
+    ('output_root = "o"\ninputs = ["x"]\nmodels = ["m"]\n[run]\nworkers = 2',
+     "set by the nightly job"),
+    ('output_root = "o"\ninputs = ["{date}/x"]\nmodels = ["m"]', "only the {night}"),
+    ('output_root = "o"\ninputs = ["x"]\nmodels = ["m"]\nquarantine_mode = "delete"',
+     "quarantine_mode"),
+    ("output_root = [", "not valid TOML"),
+])
+def test_bad_configurations_are_refused_naming_file_and_key(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=match) as err:
+        NightlyConfig.from_toml(path)
+    assert str(err.value).startswith(str(path))
+    res = CliRunner().invoke(cli, ["nightly", str(path)])
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+
+
+def test_unknown_model_and_missing_cluster_package_are_config_errors(tmp_path: Path) -> None:
+    (tmp_path / "incoming" / NIGHT).mkdir(parents=True)
+    write_float(tmp_path / "incoming" / NIGHT / "a.fits")
+    config = NightlyConfig.from_dict({"output_root": str(tmp_path / "out"),
+                                      "inputs": [str(tmp_path / "incoming/{night}")],
+                                      "models": ["no_such_model"]}, where="n.toml")
+    with pytest.raises(ConfigError, match="neither a file nor a bundled model"):
+        run_nightly(config, NIGHT)
+    config = NightlyConfig.from_dict({"output_root": str(tmp_path / "out"),
+                                      "inputs": [str(tmp_path / "incoming/{night}")],
+                                      "models": ["demo_segment"],
+                                      "cluster": {"kind": "kubernetes"}}, where="n.toml")
+    try:
+        import dask_kubernetes  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"pip install 'cnnpipe\[kubernetes\]'"):
+            run_nightly(config, NIGHT)
+
+
+def test_inputs_globs_folders_and_night_template(tmp_path: Path) -> None:
+    night = tmp_path / "2026-01-02"
+    night.mkdir()
+    for name in ("a.fits", "b.fits.fz", "c.fits.gz", "d.txt", "e.FITS"):
+        (night / name).write_bytes(b"")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.fits").write_bytes(b"")
+    found = find_inputs((str(tmp_path / "{night}"), str(tmp_path / "other" / "*.fits"),
+                         str(tmp_path / "{night}" / "a.fits")), "2026-01-02")
+    assert [p.name for p in found] == ["a.fits", "b.fits.fz", "c.fits.gz", "e.FITS", "x.fits"]
+
+
+def test_default_night_is_the_evening_date() -> None:
+    import datetime as dt
+
+    assert default_night(dt.datetime(2026, 11, 21, 6, 0, tzinfo=dt.UTC)) == "2026-11-20"
+    assert default_night(dt.datetime(2026, 11, 21, 13, 0, tzinfo=dt.UTC)) == "2026-11-21"
+
+
+def test_a_crater_night_reports_the_size_frequency_plot_and_model_age(tmp_path: Path) -> None:
+    from cnnpipe.testing.craters import make_crater_catalog, write_craters
+
+    side = tmp_path / "sim"
+    side.mkdir()
+    write_craters(make_crater_catalog(384, seed=5), side / "field.fits")
+    folder = tmp_path / "incoming" / NIGHT
+    folder.mkdir(parents=True)
+    os.rename(side / "field.fits", folder / "field.fits")  # the image only, not its truth
+    config = NightlyConfig.from_dict({
+        "output_root": str(tmp_path / "out"), "inputs": [str(tmp_path / "incoming/{night}")],
+        "models": ["demo_craters"], "run": {"device": "cpu"}, "cluster": {"workers": 1},
+    }, where="craters.toml")
+    report = run_nightly(config, NIGHT)
+    assert report.exit_code == 0
+    (outcome,) = report.outcomes
+    assert outcome.status == "done"
+    assert outcome.catalogs["demo_craters"] > 10
+    (stats,) = outcome.craters
+    assert stats["body"] == "MOON"
+    assert stats["n_craters"] == outcome.catalogs["demo_craters"]
+    assert stats["age_gyr"] > 0
+    sfd = [q for q in outcome.quicklooks if q.endswith("-sfd.png")]
+    assert len(sfd) == 1
+    assert Path(sfd[0]).read_bytes()[:4] == b"\x89PNG"
+    md = (config.reports / f"{NIGHT}.md").read_text()
+    assert "model age" in md
+    assert Path(sfd[0]).name in md

@@ -147,7 +147,8 @@ def _quarantine(config: NightlyConfig, night: str, path: Path, sha: str, reason:
 def _catalog_rows(store: str) -> dict[str, int]:
     import zarr
 
-    rows = zarr.open_group(store, mode="r").attrs["cnnpipe"].get("catalogs") or {}
+    attrs: Any = zarr.open_group(store, mode="r").attrs["cnnpipe"]
+    rows = attrs.get("catalogs") or {}
     return {str(k): int(v) for k, v in rows.items()}
 
 

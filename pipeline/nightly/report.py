@@ -178,7 +178,8 @@ def _mask_png(store: str, key: str, model: str, classes: Sequence[str], path: Pa
     small = np.stack(rows).astype(np.float32)
     small[small == 255] = np.nan
     n = max(len(classes), 2)
-    cmap = ListedColormap(plt.get_cmap("tab10").colors[:n]).with_extremes(bad="0.6")
+    tab10: Any = plt.get_cmap("tab10")
+    cmap = ListedColormap(tab10.colors[:n]).with_extremes(bad="0.6")
     fig, ax = plt.subplots(figsize=(6, 6 * small.shape[0] / max(small.shape[1], 1) + 0.6))
     im = ax.imshow(small, cmap=cmap, vmin=-0.5, vmax=n - 0.5, interpolation="nearest",
                    origin="lower")
@@ -202,7 +203,7 @@ def quicklooks(store: str, folder: Path, *, prefix: str) -> tuple[list[str], lis
     from cnnpipe.plotting import plot_csfd
 
     folder.mkdir(parents=True, exist_ok=True)
-    attrs = zarr.open_group(store, mode="r").attrs["cnnpipe"]
+    attrs: Any = zarr.open_group(store, mode="r").attrs["cnnpipe"]
     pngs: list[str] = []
     craters: list[dict[str, Any]] = []
     for model, info in attrs["models"].items():

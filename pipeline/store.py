@@ -442,13 +442,14 @@ class RunStore:
             # no ledger yet: nothing was computed, (re)create whatever a crash left
             mg.create_array(
                 "mask", shape=(ny, nx), chunks=(tile, tile), dtype="uint8", fill_value=255,
-                dimension_names=("y", "x"), overwrite=True,
+                dimension_names=("y", "x"), overwrite=True, compressors=_codec(),
                 attributes={"nodata": 255, "classes": list(classes)},
             )
             pshape = (channels, ny, nx) if len(prob_dims) == 3 else (ny, nx)
             pchunks = (channels, tile, tile) if len(prob_dims) == 3 else (tile, tile)
             mg.create_array(
                 "prob", shape=pshape, chunks=pchunks, dtype="float16", fill_value=float("nan"),
+                compressors=_codec(),
                 dimension_names=prob_dims, attributes={"classes": list(classes)}, overwrite=True,
             )
             mg.create_group("fragments", overwrite=True)
@@ -464,6 +465,18 @@ class RunStore:
         """The ``(unit_y, unit_x)`` ledger of one image and model."""
         a = zarr.open_array(self.path, path=f"images/{key}/{model}/tiles", mode="r")
         return np.asarray(a[...], dtype=np.uint8)
+
+
+def _codec() -> Any:
+    """Zstandard level 1 for masks and probabilities.
+
+    zarr's default (level 0 = zstd's 3) spent 0.24 s per 5 x 2048² float16 chunk on this
+    project's 2-core benchmark machine against 0.11 s at level 1, for about the same size
+    (the chunk write is on the critical path of every work unit).
+    """
+    from zarr.codecs import ZstdCodec
+
+    return [ZstdCodec(level=1)]
 
 
 def _open(store: str, path: str) -> Any:

@@ -13,7 +13,7 @@ from cnnpipe.pipeline.config import RunConfig
 from cnnpipe.pipeline.execute import cluster_plan, local_cluster
 from cnnpipe.pipeline.nightly.config import ClusterKind, ClusterSpec
 
-__all__ = ["NightCluster", "open_cluster"]
+__all__ = ["NightCluster", "make_cluster", "open_cluster"]
 
 log = logging.getLogger("cnnpipe.nightly")
 
@@ -48,6 +48,37 @@ def _import(kind: str, module: str, extra: str) -> Any:
         raise ConfigError(msg) from None
 
 
+def make_cluster(spec: ClusterSpec) -> tuple[Any, str]:
+    """A dask-jobqueue SLURM or Dask-operator Kubernetes cluster (not scaled yet).
+
+    Raises
+    ------
+    ConfigError
+        The package is missing or refuses the ``[cluster.slurm|kubernetes]`` settings.
+    """
+    if spec.kind is ClusterKind.SLURM:
+        mod = _import("slurm", "dask_jobqueue", "slurm")
+        kwargs = dict(spec.slurm)
+        if spec.tls_ca_file:
+            kwargs.setdefault("security", _security(spec))
+        try:
+            cluster = mod.SLURMCluster(**kwargs)
+        except (TypeError, ValueError) as exc:
+            msg = f"[cluster.slurm]: dask_jobqueue.SLURMCluster refused the settings ({exc})."
+            raise ConfigError(msg) from None
+        return cluster, f"slurm: {spec.workers or 1} job(s)"
+    if spec.kind is ClusterKind.KUBERNETES:
+        mod = _import("kubernetes", "dask_kubernetes.operator", "kubernetes")
+        try:
+            cluster = mod.KubeCluster(**spec.kubernetes)
+        except (TypeError, ValueError) as exc:
+            msg = f"[cluster.kubernetes]: KubeCluster refused the settings ({exc})."
+            raise ConfigError(msg) from None
+        return cluster, f"kubernetes: {spec.workers or 1} worker(s)"
+    msg = f"Expected kind slurm or kubernetes. Got {spec.kind.value!r}."
+    raise ConfigError(msg)
+
+
 @contextlib.contextmanager
 def open_cluster(spec: ClusterSpec, run: RunConfig, *, gpu: bool) -> Iterator[NightCluster]:
     """Start (or reach) the cluster of ``spec`` for the whole night.
@@ -76,25 +107,7 @@ def open_cluster(spec: ClusterSpec, run: RunConfig, *, gpu: bool) -> Iterator[Ni
                             f"{plan.ort_threads} onnxruntime thread(s)" + (", GPU" if gpu else ""),
             )
         return
-    if spec.kind is ClusterKind.SLURM:
-        mod = _import("slurm", "dask_jobqueue", "slurm")
-        kwargs = dict(spec.slurm)
-        if spec.tls_ca_file:
-            kwargs.setdefault("security", _security(spec))
-        try:
-            cluster = mod.SLURMCluster(**kwargs)
-        except (TypeError, ValueError) as exc:
-            msg = f"[cluster.slurm]: dask_jobqueue.SLURMCluster refused the settings ({exc})."
-            raise ConfigError(msg) from None
-        what = f"slurm: {spec.workers or 1} worker(s), queue {kwargs.get('queue', 'default')}"
-    else:
-        mod = _import("kubernetes", "dask_kubernetes.operator", "kubernetes")
-        try:
-            cluster = mod.KubeCluster(**spec.kubernetes)
-        except (TypeError, ValueError) as exc:
-            msg = f"[cluster.kubernetes]: KubeCluster refused the settings ({exc})."
-            raise ConfigError(msg) from None
-        what = f"kubernetes: {spec.workers or 1} worker(s)"
+    cluster, what = make_cluster(spec)
     try:
         n = spec.workers or 1
         if spec.kind is ClusterKind.SLURM:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -344,3 +345,32 @@ def test_a_crater_night_reports_the_size_frequency_plot_and_model_age(tmp_path: 
     md = (config.reports / f"{NIGHT}.md").read_text()
     assert "model age" in md
     assert Path(sfd[0]).name in md
+
+
+def test_slurm_workers_from_the_deploy_configuration_are_gpu_workers_that_retire() -> None:
+    """The job script dask-jobqueue makes from deploy/slurm (nothing is submitted)."""
+    jobqueue = pytest.importorskip("dask_jobqueue")
+    import dask
+    import yaml
+
+    from cnnpipe.pipeline.nightly.cluster import make_cluster
+
+    root = Path(__file__).resolve().parents[2] / "deploy" / "slurm"
+    site = yaml.safe_load((root / "jobqueue.yaml").read_text())
+    config = NightlyConfig.from_toml(root / "nightly.toml")
+    spec = replace(config.cluster, tls_ca_file=None, tls_cert=None, tls_key=None)
+    slurm = site["jobqueue"]["slurm"]
+    with dask.config.set({f"jobqueue.slurm.{k}": v for k, v in slurm.items()}):
+        cluster, what = make_cluster(spec)
+        try:
+            assert isinstance(cluster, jobqueue.SLURMCluster)
+            script = cluster.job_script()
+        finally:
+            cluster.close()
+    assert "#SBATCH --gres=gpu:1" in script
+    assert "#SBATCH -A survey-nightly" in script  # [cluster.slurm] overrides the site file
+    assert "--resources GPU=1" in script
+    lifetime = int(script.split("--lifetime ")[1].split("m")[0])
+    walltime = slurm["walltime"]
+    assert lifetime < int(walltime.split(":")[0]) * 60 + int(walltime.split(":")[1])
+    assert what == f"slurm: {config.cluster.workers} job(s)"

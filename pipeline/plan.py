@@ -34,6 +34,7 @@ from cnnpipe.errors import ConfigError, ModelMismatchError
 from cnnpipe.modelmeta import ModelMeta, Task
 
 __all__ = [
+    "ACTIVATION_FACTOR",
     "ImagePlan",
     "ModelGeometry",
     "Plan",
@@ -296,6 +297,10 @@ def model_geometry(
 DETECT_MARGIN = 16
 #: crater heads see ``r_max + CRATER_MARGIN`` pixels beyond the unit (rim width, fit)
 CRATER_MARGIN = 4
+#: onnxruntime's CPU session grew by 2.1x the graph's live-tensor peak on one run of the
+#: demo U-Nets (542 / 256 MiB segmenter, 534 / 256 MiB crater model, batch 8 x 512²;
+#: layout reorders and arena rounding)
+ACTIVATION_FACTOR = 2.2
 
 
 def model_context(meta: ModelMeta) -> int:
@@ -445,16 +450,19 @@ class Plan:
         """Image pixels covered by the run."""
         return sum(im.shape[0] * im.shape[1] for im in self.images)
 
-    def memory_per_task(self, model_bytes: Mapping[str, int] | None = None) -> int:
+    def memory_per_task(self, model_bytes: Mapping[str, int] | None = None,
+                        activation_bytes: Mapping[str, int] | None = None) -> int:
         """Approximate peak bytes one running task holds.
 
         ``read`` (unit + halo) x bands x 4 B x 3 (raw, normalised batch, masks) +
         per model: float32 stitched output, float16 copy and uint8 mask of a unit,
-        one input and one output batch in float32, and 2 x the ONNX file size for the
-        session (``model_bytes``, name -> bytes).  Activations inside the network are
-        not counted.
+        one input and one output batch in float32, 2 x the ONNX file size for the
+        session (``model_bytes``, name -> bytes) and ``ACTIVATION_FACTOR`` x the graph's
+        peak of live intermediate tensors for one batch (``activation_bytes``, from
+        :func:`cnnpipe.pipeline.activations.peak_activation_bytes`).
         """
         model_bytes = model_bytes or {}
+        activation_bytes = activation_bytes or {}
         t = self.tile
         ty = min(t, max((im.shape[0] for im in self.images), default=t))
         tx = min(t, max((im.shape[1] for im in self.images), default=t))
@@ -467,20 +475,24 @@ class Plan:
             c = self.classes.get(g.name, 1)
             unit_out = ty * tx * (c * 4 + c * 2 + 1)
             batch_io = self.batch * g.patch[0] * g.patch[1] * 4 * (bands + c)
-            per_model += unit_out + batch_io + 2 * model_bytes.get(g.name, 0)
+            per_model += (unit_out + batch_io + 2 * model_bytes.get(g.name, 0)
+                          + int(ACTIVATION_FACTOR * activation_bytes.get(g.name, 0)))
         return read + per_model
 
     def describe(self, *, threads_per_worker: int = 1,
-                 model_bytes: Mapping[str, int] | None = None) -> list[str]:
+                 model_bytes: Mapping[str, int] | None = None,
+                 activation_bytes: Mapping[str, int] | None = None) -> list[str]:
         """Human-readable lines for ``--dry-run``."""
-        mem = self.memory_per_task(model_bytes) * threads_per_worker
+        mem = self.memory_per_task(model_bytes, activation_bytes) * threads_per_worker
+        acts = "network activations included" if activation_bytes else (
+            "network activations not counted")
         lines = [
             f"images: {len(self.images)} ({self.pixels / 1e6:.1f} Mpix)",
             f"work units: {self.n_units} (tile {self.tile}x{self.tile})",
             f"patches: {self.n_patches} in {self.n_batches} batches of <= {self.batch}",
             f"tasks: {self.n_tasks}",
             f"expected memory per worker: {mem / 2**20:.0f} MiB "
-            f"({threads_per_worker} concurrent unit(s), network activations not counted)",
+            f"({threads_per_worker} concurrent unit(s), {acts})",
         ]
         for im in self.images:
             gy, gx = im.grid

@@ -298,10 +298,19 @@ def _input_attrs(s: Source) -> dict[str, Any]:
 
 def dry_run(config: RunConfig) -> list[str]:
     """Describe a run (images, units, patches, tasks, memory) without running anything."""
+    import onnx
+
+    from cnnpipe.pipeline.activations import peak_activation_bytes
+
     prep = prepare(config)
     cp = cluster_plan(config)
+    acts = {
+        j.name: peak_activation_bytes(onnx.load(j.path), (prep.plan.batch, j.meta.n_bands,
+                                                          *j.geometry.patch))
+        for j in prep.jobs
+    }
     lines = prep.plan.describe(threads_per_worker=max(1, cp.threads),
-                               model_bytes=prep.model_bytes)
+                               model_bytes=prep.model_bytes, activation_bytes=acts)
     if not config.scheduler:
         lines.append(f"embedded cluster: {cp.workers} worker(s) x {cp.threads} thread(s), "
                      f"{cp.ort_threads} onnxruntime thread(s) each")

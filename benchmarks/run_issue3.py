@@ -41,317 +41,51 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import logging
 import os
-import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil  # a dependency of distributed
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.common import (
+    REPO,
+    Collector,
+    Meter,
+    Stages,
+    build_batches,
+    code_state,
+    cpu_mark,
+    log,
+    machine,
+    mib,
+    ok,
+    ort_session,
+    others_cores,
+    peak_rss,
+    resolve_model,
+    rm,
+    stats,
+    timed,
+    write_image,
+)
+
 TARGET_RATIO = 0.9
 TARGET_PEAK_BYTES = 2 * 10**9
 TARGET_PEAK_GROWTH = 1.25
 TARGET_TASKS = 100_000
 
 
-# -- helpers -----------------------------------------------------------------------------
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def _version(mod: str) -> str:
-    try:
-        return str(__import__(mod).__version__)
-    except Exception:
-        return "n/a"
-
-
-def code_state() -> dict[str, Any]:
-    """The commit and a digest of the engine's source files (edits during a run show)."""
-    import hashlib
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO,
-                                  check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "n/a"
-
-    h = hashlib.sha256()
-    for folder in ("pipeline", "src/cnnpipe"):
-        for f in sorted((REPO / folder).rglob("*.py")):
-            h.update(f.relative_to(REPO).as_posix().encode())
-            h.update(f.read_bytes())
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "dirty_engine_files": git("status", "--porcelain", "--", "pipeline",
-                                      "src/cnnpipe").splitlines(),
-            "sources_sha256": h.hexdigest()[:16]}
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_model": _cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {m: _version(m) for m in (
-            "cnnpipe", "onnxruntime", "numpy", "dask", "distributed", "zarr", "astropy")},
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def _cpu_mark() -> tuple[float, float, float]:
-    """(wall, busy CPU seconds of the machine, CPU seconds of this benchmark's processes).
-
-    Ours: this process, its reaped children, and every live descendant (a running Dask
-    worker, a ``cnnpipe run`` subprocess and its workers).
-    """
-    c = psutil.cpu_times()
-    busy = c.user + c.system + sum(getattr(c, k, 0.0) for k in ("nice", "irq", "softirq"))
-    t = os.times()
-    own = t.user + t.system + t.children_user + t.children_system
-    for p in psutil.Process().children(recursive=True):
-        try:
-            ct = p.cpu_times()
-        except psutil.Error:
-            continue
-        own += ct.user + ct.system + ct.children_user + ct.children_system
-    return time.monotonic(), busy, own
-
-
-def _others_cores(mark: tuple[float, float, float]) -> float:
-    """Mean number of cores that processes outside this benchmark used since ``mark``."""
-    now = _cpu_mark()
-    return max(0.0, ((now[1] - mark[1]) - (now[2] - mark[2])) / max(now[0] - mark[0], 1e-9))
-
-
-def _stats(xs: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
-
-
-def _rm(*paths: Path) -> None:
-    for p in paths:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-
-
-def write_image(path: Path, size: int, *, seed: int) -> list[Path]:
-    """A simulated one-band sky image (no chip gaps: every unit has data); its files."""
-    from cnnpipe.testing.sky import make_sky_catalog, write_sky
-
-    t0 = time.perf_counter()
-    files = write_sky(make_sky_catalog(size, seed=seed, gaps=False), path, overwrite=True)
-    _log(f"wrote {path.name} ({size}x{size}) in {time.perf_counter() - t0:.1f} s")
-    return [*files.images, files.mask, files.truth]
-
-
-def resolve_model(given: str | None, work: Path) -> tuple[str, str]:
-    """The benchmark model: --model, else bundled demo_segment, else an exported U-Net."""
-    if given:
-        return str(Path(given).resolve()), f"given ({given})"
-    from cnnpipe.models import demo_model_paths
-
-    bundled = demo_model_paths().get("demo_segment")
-    if bundled is not None:
-        return str(bundled), "bundled demo_segment"
-    out = work / "segment_unet.onnx"
-    if not out.exists() and importlib.util.find_spec("torch") is not None:
-        _log("no bundled demo_segment: exporting segment_unet (random weights) once ...")
-        subprocess.run(
-            [sys.executable, "-m", "cnnpipe", "-q", "export", "segment_unet", "--bands", "r",
-             "--out", str(out), "--normalisation", "asinh:scale=30,offset=100"],
-            check=True, cwd=work,
-        )
-    if out.exists():
-        return str(out), ("segment_unet exported with random weights (same architecture "
-                          "and cost as demo_segment)")
-    from cnnpipe.testing.onnx_models import segment_model
-
-    tiny = work / "tiny_segment.onnx"
-    segment_model(tiny)
-    return str(tiny), "tiny testing segment_model (no torch, no bundled model): NOT the U-Net"
-
-
 # -- 1. throughput -----------------------------------------------------------------------
-
-
-@dataclass
-class Batches:
-    """The exact batches the engine runs for one image and model, built outside timing."""
-
-    raw: list[np.ndarray] = field(default_factory=list)  # (n, c, py, px) float32
-    norm: list[np.ndarray] = field(default_factory=list)
-    # (unit, inference region, read-window pixels, read-window origin)
-    units: list[tuple[Any, Any, np.ndarray, tuple[int, int]]] = field(default_factory=list)
-    n_patches: int = 0
-    patch: tuple[int, int] = (0, 0)
-
-
-def _region(g: Any, unit: Any, shape: tuple[int, int]) -> Any:
-    """The engine's inference region of a unit (the unit itself in older engines)."""
-    from cnnpipe.pipeline import plan
-
-    fn = getattr(plan, "infer_region", None)
-    return unit if fn is None else fn(g, unit, shape)
-
-
-def _read_window(unit: Any, g: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    from cnnpipe.pipeline.plan import read_window
-
-    try:
-        return read_window(unit, [g], shape=shape)
-    except TypeError:  # an engine whose read_window takes no shape
-        return read_window(unit, [g])
-
-
-def build_batches(prep: Any) -> Batches:
-    """Reproduce the engine's patches: plan units, read windows, spans, batches, normalise."""
-    from cnnpipe.normalise import normalise
-
-    (source,), (job,) = prep.sources, prep.jobs
-    ch = list(prep.channels[source.key][0])
-    g, meta, batch = job.geometry, job.meta, prep.config.batch
-    out = Batches(patch=g.patch)
-    for unit in prep.plan.images[0].units():
-        ry0, ry1, rx0, rx1 = _read_window(unit, g, source.shape)
-        pixels = source.read_window(ry0, ry1, rx0, rx1)[ch]
-        region = _region(g, unit, source.shape)
-        out.units.append((unit, region, pixels, (ry0, rx0)))
-        py, px = g.patch
-        patches = [(a, b) for a in g.spans(0, region.y0, region.y1)
-                   for b in g.spans(1, region.x0, region.x1)]
-        for i in range(0, len(patches), batch):
-            x = np.stack([pixels[:, a.start - ry0:a.start - ry0 + py,
-                                 b.start - rx0:b.start - rx0 + px]
-                          for a, b in patches[i:i + batch]])
-            out.raw.append(x)
-            out.norm.append(normalise(x, meta.normalisation))
-        out.n_patches += len(patches)
-    if out.n_patches != prep.plan.n_patches:
-        msg = f"rebuilt {out.n_patches} patches, the plan says {prep.plan.n_patches}"
-        raise RuntimeError(msg)
-    return out
-
-
-def _ort_session(path: str, threads: int, *, spinning: bool | None = None) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    if spinning is not None:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-class Meter:
-    """Times measurements on a shared machine: waits for quiet first, records the noise.
-
-    Before each measurement it waits (at most ``budget_s`` over the whole benchmark)
-    until other processes use less than ``quiet_cores`` cores over one second, and it
-    records how many cores they used during the measurement itself.
-    """
-
-    def __init__(self, *, quiet_cores: float, budget_s: float) -> None:
-        self.quiet_cores = quiet_cores
-        self.budget_s = budget_s
-        self.waited_s = 0.0
-
-    def wait_quiet(self) -> None:
-        while self.waited_s < self.budget_s:
-            mark = _cpu_mark()
-            time.sleep(1.0)
-            if _others_cores(mark) < self.quiet_cores:
-                return
-            self.waited_s += 1.0
-
-    def measure(self, fn: Callable[[], Any]) -> tuple[float, float, Any]:
-        """``(seconds, other processes' mean cores during it, fn's result)``."""
-        self.wait_quiet()
-        mark = _cpu_mark()
-        t0 = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t0
-        return dt, _others_cores(mark), out
-
-
-class Stages:
-    """Wall and process-CPU seconds (all threads, onnxruntime's included) per stage."""
-
-    def __init__(self) -> None:
-        self.t: dict[str, list[float]] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        w, c = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            acc = self.t.setdefault(name, [0.0, 0.0])
-            acc[0] += time.perf_counter() - w
-            acc[1] += time.process_time() - c
-
-
-class Collector:
-    """A cnnpipe Reporter that keeps every UnitResult (worker-side timings)."""
-
-    def __init__(self) -> None:
-        self.results: list[Any] = []
-        self.t_first: float | None = None
-
-    def start(self, *, total: int, skipped: int) -> None:
-        self.t_start = time.perf_counter()
-
-    def advance(self, result: Any) -> None:
-        if self.t_first is None:
-            self.t_first = time.perf_counter()
-        self.results.append(result)
-
-    def close(self) -> None:
-        pass
-
-    def breakdown(self) -> dict[str, float]:
-        return {
-            "read_s": sum(r.read_s for r in self.results),
-            "infer_s": sum(r.infer_s for r in self.results),
-            "write_s": sum(r.write_s for r in self.results),
-            "units": len(self.results),
-        }
 
 
 def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: int,
@@ -374,13 +108,13 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
     meta = job.meta
     t0 = time.perf_counter()
     bt = build_batches(prep)
-    _log(f"built {bt.n_patches} patches of {bt.patch[0]}x{bt.patch[1]} in {len(bt.norm)} "
+    log(f"built {bt.n_patches} patches of {bt.patch[0]}x{bt.patch[1]} in {len(bt.norm)} "
          f"batches ({time.perf_counter() - t0:.1f} s, not timed)")
     ny, nx = prep.sources[0].shape
     mpix = ny * nx / 1e6
 
     in_name, out_name = meta.input.name, meta.output.name
-    bare = _ort_session(model, cores)
+    bare = ort_session(model, cores)
     static = bare.get_inputs()[0].shape[0]
 
     def feed(x: np.ndarray) -> np.ndarray:
@@ -462,7 +196,7 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
     except ImportError:
         has_catalog = False
 
-    nospin = _ort_session(model, cores, spinning=False)
+    nospin = ort_session(model, cores, spinning=False)
     shapes = {x.shape: x for x in bt.norm}  # the full batch and a unit's last, short one
     for sess in (bare, nospin, eng):  # first-call allocations per input shape, untimed
         for x in shapes.values():
@@ -507,7 +241,7 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
 
     # The running cluster stays up through every repetition so that all rows are measured
     # interleaved (a shared machine's noise then hits them alike); idle, it costs ~nothing.
-    _log("throughput: starting a cluster of the embedded shape for the running-cluster row")
+    log("throughput: starting a cluster of the embedded shape for the running-cluster row")
     with LocalCluster(n_workers=cp.workers, threads_per_worker=cp.threads, processes=True,
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster:
         wcfg = replace(cfg, scheduler=cluster.scheduler_address, ort_threads=cp.ort_threads,
@@ -515,7 +249,7 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
         run(wcfg)  # caches the session (and the FITS handle) on that worker
         wcfg = replace(wcfg, out=str(store))
         for r in range(reps):
-            _log(f"throughput rep {r + 1}/{reps} (waited for quiet so far: "
+            log(f"throughput rep {r + 1}/{reps} (waited for quiet so far: "
                  f"{meter.waited_s:.0f} s)")
             measure("bare", bare_run)
             measure("bare_nospin", lambda: bare_run(nospin))
@@ -530,23 +264,23 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
             rows.setdefault("stop", []).append(down)
             measure("prepare", lambda: prepare(cfg))
             measure("e2e_alt", lambda: cnnpipe_e2e(alt))
-        _log("throughput: stage breakdown of the engine's compute path (in-process)")
+        log("throughput: stage breakdown of the engine's compute path (in-process)")
         breakdowns = []
         for _ in range(2):
             meter.wait_quiet()
-            mark = _cpu_mark()
+            mark = cpu_mark()
             bd = stage_breakdown()
-            breakdowns.append((sum(v[0] for v in bd.values()), _others_cores(mark), bd))
+            breakdowns.append((sum(v[0] for v in bd.values()), others_cores(mark), bd))
             bare_cpu = time.process_time()
-            bare_wall = _timed(bare_run)
+            bare_wall = timed(bare_run)
             bd["(bare onnxruntime, for reference)"] = [bare_wall,
                                                        time.process_time() - bare_cpu]
-    _rm(store, work / "warmup.zarr")
+    rm(store, work / "warmup.zarr")
     rows.pop("cluster")
     rows["e2e_minus_cluster"] = [
         e - s - d for e, s, d in zip(rows["e2e"], rows["start"], rows["stop"])]
     noise["e2e_minus_cluster"] = noise["e2e"]
-    res = {k: _stats(v) for k, v in rows.items() if v}
+    res = {k: stats(v) for k, v in rows.items() if v}
     for k, v in res.items():
         ns = noise.get(k)
         if ns:
@@ -589,94 +323,6 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
 # -- 2. memory ---------------------------------------------------------------------------
 
 
-def _status_kib(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
-                    k, v = line.split(":", 1)
-                    out[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def _role(p: psutil.Process, root: int) -> str:
-    if p.pid == root:
-        return "client (+scheduler, nanny)"
-    try:
-        cmd = " ".join(p.cmdline())
-    except psutil.Error:
-        return "other"
-    if "resource_tracker" in cmd:
-        return "resource tracker"
-    if "multiprocessing" in cmd or "spawn" in cmd:
-        return "worker"
-    return "other"
-
-
-def peak_rss(cmd: list[str], *, every_s: float, log_path: Path) -> dict[str, Any]:
-    """Run ``cmd``; sample the summed RSS of its process tree every ``every_s``.
-
-    RSS per process is ``RssAnon + RssFile + RssShmem`` from ``/proc/PID/status`` (the
-    same as psutil's ``rss``), kept split so that file-backed pages (a memmapped FITS
-    file) can be told apart from allocated memory.  ``series`` holds, per second, the
-    largest sample: ``[t_s, total, client, workers, file_backed]`` in MiB.
-    """
-    roles: dict[int, str] = {}
-    best: dict[str, Any] = {"total": 0}
-    peak_anon = 0
-    series: dict[int, list[float]] = {}
-    n = n_procs = 0
-    with open(log_path, "w") as logf:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
-        root = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                break
-            t = time.perf_counter() - t0
-            total = client = file_b = 0
-            per = []
-            for p in procs:
-                st = _status_kib(p.pid)
-                if not st:
-                    continue
-                if p.pid not in roles:
-                    roles[p.pid] = _role(p, proc.pid)
-                rss = 1024 * sum(st.values())
-                total += rss
-                file_b += 1024 * st.get("RssFile", 0)
-                client += rss if p.pid == proc.pid else 0
-                per.append((roles[p.pid], rss, st))
-            n += 1
-            n_procs = max(n_procs, len(per))
-            if total > best["total"]:
-                best = {"total": total, "t_s": t, "per": per}
-            peak_anon = max(peak_anon, total - file_b)
-            row = [round(t, 2), total / 2**20, client / 2**20, (total - client) / 2**20,
-                   file_b / 2**20]
-            if int(t) not in series or series[int(t)][1] < row[1]:
-                series[int(t)] = [round(v, 1) for v in row]
-            time.sleep(every_s)
-        rc = proc.wait()
-        wall = time.perf_counter() - t0
-    if rc:
-        msg = f"{' '.join(cmd)} exited {rc}; see {log_path}"
-        raise RuntimeError(msg)
-    by_role: dict[str, int] = {}
-    split = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
-    for role, rss, st in best.get("per", []):
-        by_role[role] = by_role.get(role, 0) + rss
-        for k, v in st.items():
-            split[k] += v * 1024
-    return {"peak_bytes": best["total"], "peak_at_s": best.get("t_s"), "by_role": by_role,
-            "peak_not_file_backed_bytes": peak_anon,
-            "split_bytes": split, "samples": n, "max_processes": n_procs, "wall_s": wall,
-            "series_mib": [series[k] for k in sorted(series)]}
 
 
 def bench_memory(model: str, sizes: list[int], *, tile: int, patch: int, batch: int,
@@ -692,25 +338,25 @@ def bench_memory(model: str, sizes: list[int], *, tile: int, patch: int, batch: 
         cmd = [sys.executable, "-m", "cnnpipe", "run", str(img), "--model", model,
                "--out", str(store), "--overwrite", "--device", "cpu", "--tile", str(tile),
                "--patch", str(patch), "--batch", str(batch)]
-        _log(f"memory: cnnpipe run on {size}x{size} (sampling RSS every {every_s * 1000:.0f} ms)")
+        log(f"memory: cnnpipe run on {size}x{size} (sampling RSS every {every_s * 1000:.0f} ms)")
         try:
             res = peak_rss(cmd, every_s=every_s, log_path=work / f"mem_{size}.log")
             res["store_bytes"] = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         except BaseException:
-            _rm(*files)
+            rm(*files)
             raise
         finally:
-            _rm(store)
+            rm(store)
         res["image_bytes"] = img.stat().st_size
         res["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         res["command"] = "cnnpipe " + " ".join(cmd[3:])
         out["images"][str(size)] = res
-        _log(f"  peak {res['peak_bytes'] / 2**20:.0f} MiB in {res['wall_s']:.1f} s")
+        log(f"  peak {res['peak_bytes'] / 2**20:.0f} MiB in {res['wall_s']:.1f} s")
         if keep_last and i == len(sizes) - 1:
             kept = img
-            _rm(*files[1:])
+            rm(*files[1:])
         else:
-            _rm(*files)
+            rm(*files)
     a, b = (out["images"][str(s)]["peak_bytes"] for s in (sizes[0], sizes[-1]))
     out["growth"] = b / a
     a, b = (out["images"][str(s)]["peak_not_file_backed_bytes"] for s in (sizes[0], sizes[-1]))
@@ -775,17 +421,17 @@ def bench_plan(model: str, size: int, *, tile: int, patch: int, batch: int, big:
     out: dict[str, Any] = {
         "make_plan": {"shape": [size, size], "tasks": counts[0], "patches": counts[1],
                       "batches": counts[2], "patch": list(g.patch), "halo": g.halo,
-                      "seconds": _stats(times), "iterate_units_s": _stats(units_s)},
+                      "seconds": stats(times), "iterate_units_s": stats(units_s)},
     }
     if big is not None:
-        _log(f"plan: CLI dry run on {big.name}")
+        log(f"plan: CLI dry run on {big.name}")
         out["cli_big"] = _cli_dry_run(big, model, tile=tile, patch=patch, batch=batch, work=work)
         out["cli_big"]["file"] = big.name
     if sparse:
         sp = work / f"sparse_{size}.fits"
         try:
             _sparse_fits(sp, size)
-            _log(f"plan: CLI dry run on sparse {size}x{size} FITS "
+            log(f"plan: CLI dry run on sparse {size}x{size} FITS "
                  f"({sp.stat().st_size / 1e9:.0f} GB long, "
                  f"{sp.stat().st_blocks * 512 / 1024:.0f} KiB on disk)")
             out["cli_sparse"] = _cli_dry_run(sp, model, tile=tile, patch=patch, batch=batch,
@@ -793,19 +439,13 @@ def bench_plan(model: str, size: int, *, tile: int, patch: int, batch: int, big:
             out["cli_sparse"]["file_bytes"] = sp.stat().st_size
             out["cli_sparse"]["disk_bytes"] = sp.stat().st_blocks * 512
         finally:
-            _rm(sp)
+            rm(sp)
     return out
 
 
 # -- report ------------------------------------------------------------------------------
 
 
-def _mib(b: float) -> str:
-    return f"{b / 2**20:,.0f} MiB"
-
-
-def _ok(flag: bool) -> str:
-    return "**met**" if flag else "**MISSED**"
 
 
 def report(data: dict[str, Any]) -> str:
@@ -836,7 +476,7 @@ def report(data: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for t in data["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']} | {_ok(t['met'])} |")
+        lines.append(f"| {t['target']} | {t['measured']} | {ok(t['met'])} |")
     h, w = tp["image"]["shape"]
     lines += [
         "",
@@ -940,9 +580,9 @@ def report(data: dict[str, Any]) -> str:
         sp = v["split_bytes"]
         lines.append(
             f"| {size}x{size} float32 | {v['image_bytes'] / 1e6:,.0f} MB | "
-            f"**{_mib(v['peak_bytes'])}** | {_mib(client)} | {_mib(workers)} | "
-            f"{_mib(sp['RssAnon'] + sp['RssShmem'])} / {_mib(sp['RssFile'])} | "
-            f"{_mib(v['peak_not_file_backed_bytes'])} | "
+            f"**{mib(v['peak_bytes'])}** | {mib(client)} | {mib(workers)} | "
+            f"{mib(sp['RssAnon'] + sp['RssShmem'])} / {mib(sp['RssFile'])} | "
+            f"{mib(v['peak_not_file_backed_bytes'])} | "
             f"{v['max_processes']} | {v['wall_s']:.0f} s ({rate:.2f}, "
             f"{rate / r[tp['reference']]['mpix_s']:.2f}) |")
     lines.append("")
@@ -999,7 +639,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                      f"{r['warm']['ratio_to_bare_best']:.2f})",
          "met": r["warm"]["ratio_to_bare"] >= TARGET_RATIO},
         {"target": f"peak RSS {sizes[-1]}² <= 2 GB",
-         "measured": f"{big / 1e9:.2f} GB ({_mib(big)})",
+         "measured": f"{big / 1e9:.2f} GB ({mib(big)})",
          "met": big <= TARGET_PEAK_BYTES},
         {"target": f"peak RSS {sizes[-1]}² <= {TARGET_PEAK_GROWTH}x {sizes[0]}²",
          "measured": f"{mem['growth']:.2f}x", "met": mem["growth"] <= TARGET_PEAK_GROWTH},
@@ -1067,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     work = a.workdir
     work.mkdir(parents=True, exist_ok=True)
     model, label = resolve_model(a.model, work)
-    _log(f"model: {model} ({label})")
+    log(f"model: {model} ({label})")
     data: dict[str, Any] = {
         "mode": "quick" if q else "full",
         "command": "python -m benchmarks.run_issue3" + (" " + " ".join(
@@ -1081,28 +721,28 @@ def main(argv: list[str] | None = None) -> int:
     img = work / f"sky_{size}.fits"
     files = write_image(img, size, seed=1)
     try:
-        mark = _cpu_mark()
+        mark = cpu_mark()
         meter = Meter(quiet_cores=a.quiet_cores,
                       budget_s=a.quiet_budget if a.quiet_budget is not None else (0 if q else 600))
         data["throughput"] = bench_throughput(model, img, tile=tile, patch=a.patch,
                                               batch=a.batch, reps=reps, work=work, meter=meter)
-        data["throughput"]["other_processes_cores"] = _others_cores(mark)
+        data["throughput"]["other_processes_cores"] = others_cores(mark)
     finally:
-        _rm(*files)
+        rm(*files)
     big: Path | None = None
     try:
-        mark = _cpu_mark()
+        mark = cpu_mark()
         data["memory"], big = bench_memory(
             model, mem_sizes, tile=tile, patch=a.patch, batch=a.batch,
             every_s=a.sample_ms / 1000, work=work, keep_last=True)
-        data["memory"]["other_processes_cores"] = _others_cores(mark)
+        data["memory"]["other_processes_cores"] = others_cores(mark)
         data["plan"] = bench_plan(model, a.plan_size, tile=tile, patch=a.patch,
                                   batch=a.batch, big=big, work=work,
                                   sparse=not a.no_sparse)
     finally:
         if big is not None:
-            _rm(big)
-        _rm(work / "dry.zarr")
+            rm(big)
+        rm(work / "dry.zarr")
     data["code_at_end"] = code_state()
     data["code_changed_during_run"] = (
         data["code_at_end"]["sources_sha256"] != data["code_at_start"]["sources_sha256"])
@@ -1114,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / f"{stem}.md").write_text(md)
     (a.out / f"{stem}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(md)
-    _log(f"wrote {a.out / stem}.md and .json in {data['total_s']:.0f} s")
+    log(f"wrote {a.out / stem}.md and .json in {data['total_s']:.0f} s")
     return 0
 
 

@@ -37,7 +37,7 @@ from cnnpipe.export.validate import (
     run_session,
 )
 from cnnpipe.inspection import read_signature
-from cnnpipe.modelmeta import ModelMeta, OutputKind, Task
+from cnnpipe.modelmeta import ModelMeta, OutputKind, Task, check_external_data
 from cnnpipe.normalise import normalise
 
 __all__ = ["annotate_onnx", "graph_defaults"]
@@ -102,7 +102,8 @@ def annotate_onnx(
     ExportError
         Unreadable model, checker failure, non-finite or mis-shaped outputs.
     ModelError
-        Metadata invalid or contradicting the graph.
+        Metadata invalid or contradicting the graph; external data that leaves the
+        model's folder.
     """
     import onnx
 
@@ -113,9 +114,16 @@ def annotate_onnx(
         msg = f"{src}: no such ONNX file."
         raise ExportError(msg)
     try:
-        model = onnx.load(str(src))
+        model = onnx.load(str(src), load_external_data=False)
     except Exception as exc:
         msg = f"{src}: not a readable ONNX model ({type(exc).__name__}: {exc})."
+        raise ExportError(msg) from None
+    # external data only from inside the model's folder, checked before any is opened
+    check_external_data(model, src)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))
+    except Exception as exc:
+        msg = f"{src}: cannot read its external data ({type(exc).__name__}: {exc})."
         raise ExportError(msg) from None
     meta = build_meta(request, graph_defaults(model, request))
     check_onnx(model, what=str(src))

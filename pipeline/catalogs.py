@@ -49,7 +49,7 @@ from cnnpipe.errors import StoreError
 from cnnpipe.modelmeta import ModelMeta
 from cnnpipe.pipeline.columns import FLAGS_DESCRIPTION, Column, world_columns
 from cnnpipe.pipeline.heads import Fragment, Scale, head_for
-from cnnpipe.pipeline.store import UnitState, store_header, store_wcs
+from cnnpipe.pipeline.store import UnitState, store_header, store_wcs, writing
 
 __all__ = [
     "SKY_LONGITUDES",
@@ -135,7 +135,9 @@ def write_fragment(store: str, key: str, model: str, uy: int, ux: int, frag: Fra
     """
     from zarr.core.sync import sync
 
-    sync(_write_fragment(store, fragment_path(key, model, uy, ux), frag))
+    path = fragment_path(key, model, uy, ux)
+    with writing(store, f"the catalog fragment {path}"):
+        sync(_write_fragment(store, path, frag))
 
 
 def read_fragment(store: str, key: str, model: str, uy: int, ux: int) -> Fragment:
@@ -305,6 +307,12 @@ def merge_catalogs(store: str, models: Sequence[ModelMeta], keys: Sequence[str])
 def write_catalog(store: str, meta: ModelMeta, schema: Sequence[Column],
                   columns: Mapping[str, npt.NDArray[Any]], *, world: Sequence[str]) -> None:
     """(Re)write ``catalogs/<model>/`` from whole columns (replaces the old catalog)."""
+    with writing(store, f"the catalog catalogs/{meta.name}"):
+        _write_catalog(store, meta, schema, columns, world=world)
+
+
+def _write_catalog(store: str, meta: ModelMeta, schema: Sequence[Column],
+                   columns: Mapping[str, npt.NDArray[Any]], *, world: Sequence[str]) -> None:
     root = zarr.open_group(store, mode="r+")
     cats = root.require_group("catalogs")
     g = cats.create_group(meta.name, overwrite=True)

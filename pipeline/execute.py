@@ -116,7 +116,8 @@ def local_cluster(plan: ClusterPlan) -> Iterator[Any]:
         processes=plan.workers > 1,
         dashboard_address=None,
         resources={"GPU": 1} if plan.gpu else None,
-        silence_logs=logging.ERROR,
+        # a failing task's traceback only with -vv: cnnpipe reports the unit in one line
+        silence_logs=logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL,
     )
     try:
         yield cluster

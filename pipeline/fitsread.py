@@ -38,12 +38,14 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from astropy.io import fits
 
 from cnnpipe.errors import InputError
+from cnnpipe.pipeline.fitscheck import check_axes
 
 __all__ = [
     "REFLECT_MODE",
@@ -116,6 +118,9 @@ class HDUInfo:
     extver: int | None
     shape: tuple[int, ...]  # numpy order (NAXISn, ..., NAXIS1); () without data
     header: fits.Header = field(repr=False, compare=False)
+    #: byte offsets in the (decompressed) file: header start, data start, data length
+    #: (padding included); what :mod:`cnnpipe.pipeline.fitscheck` checksums
+    span: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
 
     @property
     def label(self) -> str:
@@ -128,7 +133,9 @@ class HDUInfo:
         return int(self.shape[-2]), int(self.shape[-1])
 
 
-def _hdu_info(index: int, hdu: fits.hdu.base.ExtensionHDU | fits.PrimaryHDU) -> HDUInfo:
+def _hdu_info(
+    index: int, hdu: fits.hdu.base.ExtensionHDU | fits.PrimaryHDU, where: dict[str, Any] | None
+) -> HDUInfo:
     if isinstance(hdu, fits.GroupsHDU):
         kind = "groups"
     elif isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU):
@@ -149,6 +156,8 @@ def _hdu_info(index: int, hdu: fits.hdu.base.ExtensionHDU | fits.PrimaryHDU) -> 
         extver=int(extver) if isinstance(extver, int | np.integer) else None,
         shape=shape,
         header=header.copy(),
+        span=(int(where["hdrLoc"]), int(where["datLoc"]), int(where["datSpan"]))
+        if where else (0, 0, 0),
     )
 
 
@@ -191,10 +200,18 @@ def scan_file(path: str, given: str) -> list[HDUInfo]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            # HDU by HDU, each checked before astropy reads the next from where the
+            # previous one's data end: a negative NAXISn can point back at a header
+            # already read, and astropy then reads the same HDUs forever (astropy 8).
             with fits.open(
-                path, memmap=True, do_not_scale_image_data=True, lazy_load_hdus=False
+                path, memmap=True, do_not_scale_image_data=True, lazy_load_hdus=True
             ) as hdul:
-                infos = [_hdu_info(i, h) for i, h in enumerate(hdul)]
+                infos: list[HDUInfo] = []
+                for i, hdu in enumerate(hdul):
+                    check_axes(given, i, hdu.header)
+                    infos.append(_hdu_info(i, hdu, hdul.fileinfo(i)))
+        except InputError:
+            raise
         except Exception as exc:
             msg = (
                 f"{given}: not a readable FITS file ({_short(exc)}); check that it is FITS "
@@ -273,15 +290,16 @@ def read_band(ref: HDURef, window: tuple[int, int, int, int], out: npt.NDArray[n
     Raises
     ------
     InputError
-        The pixels cannot be read: the file changed or was damaged after validation.
+        The pixels cannot be read: the file is corrupt where validation did not look
+        (a tile-compressed HDU's middle tiles), or changed after validation.
     """
     try:
         read_into(ref.path, ref.hdu, window, out)
-    except (OSError, ValueError, KeyError, IndexError) as exc:
+    except Exception as exc:  # e.g. astropy's CfitsioException from a corrupt tile
         y0, y1, x0, x1 = window
         msg = (
             f"{ref.label}: cannot read pixels [{y0}:{y1}, {x0}:{x1}] ({_short(exc)}); the "
-            "file changed or was damaged after the run started."
+            "file is corrupt there, or changed after the run started."
         )
         raise InputError(msg) from exc
 

@@ -453,8 +453,9 @@ def run(
             try:
                 store.update_run(status="failed", finished=now_iso(),
                                  error=" ".join(str(exc).split()) or type(exc).__name__)
-            except Exception:
-                log.exception("could not mark %s as failed", out)
+            except Exception as mark_exc:  # e.g. the disk is full: one line, no traceback
+                log.error("%s: could not mark the store as failed (%s); its status stays "
+                          "'running'.", out, " ".join(str(mark_exc).split()))
         raise
     finally:
         lock.release()

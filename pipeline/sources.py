@@ -32,6 +32,7 @@ import numpy.typing as npt
 from astropy.wcs import WCS
 
 from cnnpipe.errors import ConfigError, InputError
+from cnnpipe.pipeline.fitscheck import check_integrity, prescan
 from cnnpipe.pipeline.fitsread import (
     REFLECT_MODE,
     HDUInfo,
@@ -339,12 +340,16 @@ def _open_spec(spec: str, hdu: HDUSelector | None) -> tuple[str, list[_Image]]:
     if selector is None:
         selector = hdu
     path = os.path.abspath(os.path.expanduser(given))
+    prescan(path, given)
     infos = scan_file(path, given)
-    images = []
-    for info in _select(given, infos, selector):
+    chosen = _select(given, infos, selector)
+    for info in chosen:
         check_pixels(path, given, info)
-        cards, dropped = header_cards(info.header)
+    check_integrity(path, given, chosen)
+    images = []
+    for info in chosen:
         label = f"{given}[{info.label}]"
+        cards, dropped = header_cards(info.header, where=label)
         if dropped:
             warnings.warn(
                 f"{label}: lookup-table distortions (CPDIS/D2IM) are not kept; world "
@@ -402,8 +407,10 @@ def open_sources(
     Raises
     ------
     InputError
-        Missing, unreadable, truncated or corrupt file; non-image, empty or non-2-D HDU;
-        band grids that differ; model bands that are not given.
+        Missing, unreadable, truncated or corrupt file (a CHECKSUM/DATASUM that does not
+        match, a broken gzip/bzip2/xz stream: :mod:`cnnpipe.pipeline.fitscheck`);
+        non-image, empty or non-2-D HDU; band grids that differ; model bands that are not
+        given.
     ConfigError
         Both ``specs`` and ``bands``, neither, or a malformed ``hdu``.
 

@@ -34,7 +34,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-from cnnpipe.errors import LockedError, StoreError
+from cnnpipe.errors import CnnpipeError, LockedError, StoreError
 
 __all__ = [
     "RUN_SCHEMA",
@@ -62,6 +62,7 @@ __all__ = [
     "store_header",
     "store_wcs",
     "write_unit",
+    "writing",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,26 @@ def identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         if a.get(k, "<absent>") != b.get(k, "<absent>"):
             out.append(f"{k}: store {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}")
     return out
+
+
+@contextlib.contextmanager
+def writing(store: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Turn an OS error of a store write (disk full, permissions) into :class:`StoreError`.
+
+    The message names the store and what was being written, and says the fix: the
+    ledger keeps what was done, so the same command resumes once the cause is gone.
+    """
+    try:
+        yield
+    except CnnpipeError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        msg = (
+            f"{os.fspath(store)}: cannot write {what} ({reason}). Free space or fix the "
+            "permissions, then run the same command again to resume."
+        )
+        raise StoreError(msg) from exc
 
 
 # -- FITS header cards ---------------------------------------------------------------
@@ -404,12 +425,19 @@ class RunStore:
         return dict(attrs)
 
     def update_run(self, **changes: Any) -> None:
-        """Merge ``changes`` into the run attributes (client only)."""
-        g = zarr.open_group(self.path, mode="r+")
-        old: Any = g.attrs.get(ATTR) or {}
-        attrs = dict(old)
-        attrs.update(changes)
-        g.attrs[ATTR] = json.loads(json.dumps(attrs, default=str))
+        """Merge ``changes`` into the run attributes (client only).
+
+        Raises
+        ------
+        StoreError
+            The attributes cannot be written (disk full, permissions).
+        """
+        with writing(self.path, "the run attributes"):
+            g = zarr.open_group(self.path, mode="r+")
+            old: Any = g.attrs.get(ATTR) or {}
+            attrs = dict(old)
+            attrs.update(changes)
+            g.attrs[ATTR] = json.loads(json.dumps(attrs, default=str))
 
     def create_image(
         self,
@@ -425,7 +453,27 @@ class RunStore:
         """Create (or keep, on resume) the group and arrays of one image.
 
         ``models`` holds ``(name, channels, prob_dims, classes)`` per model.
+
+        Raises
+        ------
+        StoreError
+            The arrays cannot be created (disk full, permissions).
         """
+        with writing(self.path, f"the arrays of image {key}"):
+            self._create_image(key, shape=shape, tile=tile, bands=bands, header=header,
+                               has_wcs=has_wcs, models=models)
+
+    def _create_image(
+        self,
+        key: str,
+        *,
+        shape: tuple[int, int],
+        tile: int,
+        bands: Sequence[str],
+        header: Iterable[tuple[str, object, str]],
+        has_wcs: bool,
+        models: Sequence[tuple[str, int, tuple[str, ...], Sequence[str]]],
+    ) -> None:
         root = zarr.open_group(self.path, mode="r+")
         g = root.require_group(f"images/{key}")
         image_attrs: dict[str, Any] = {
@@ -493,12 +541,26 @@ def write_unit(
     mask: npt.NDArray[np.uint8],
     prob: npt.NDArray[np.float16],
 ) -> None:
-    """Write one unit's whole chunk of ``mask`` and ``prob`` (worker side)."""
+    """Write one unit's whole chunk of ``mask`` and ``prob`` (worker side).
+
+    Raises
+    ------
+    StoreError
+        The chunks cannot be written (disk full, permissions).
+    """
     ny, nx = mask.shape
-    _open(store, f"images/{key}/{model}/mask")[y0:y0 + ny, x0:x0 + nx] = mask
-    _open(store, f"images/{key}/{model}/prob")[..., y0:y0 + ny, x0:x0 + nx] = prob
+    with writing(store, f"images/{key}/{model} at y {y0}, x {x0}"):
+        _open(store, f"images/{key}/{model}/mask")[y0:y0 + ny, x0:x0 + nx] = mask
+        _open(store, f"images/{key}/{model}/prob")[..., y0:y0 + ny, x0:x0 + nx] = prob
 
 
 def mark_unit(store: str, key: str, model: str, uy: int, ux: int, state: UnitState) -> None:
-    """Record a unit's state in its own ledger chunk (after its outputs)."""
-    _open(store, f"images/{key}/{model}/tiles")[uy, ux] = np.uint8(state)
+    """Record a unit's state in its own ledger chunk (after its outputs).
+
+    Raises
+    ------
+    StoreError
+        The ledger cannot be written (disk full, permissions).
+    """
+    with writing(store, f"the ledger of images/{key}/{model}"):
+        _open(store, f"images/{key}/{model}/tiles")[uy, ux] = np.uint8(state)

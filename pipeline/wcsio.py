@@ -48,22 +48,31 @@ _TABLE_DISTORTION = re.compile(r"^(CPDIS\d|CQDIS\d|DP\d|DQ\d|D2IM\w*|AXISCORR|CP
 _COMMENTARY = {"COMMENT", "HISTORY", ""}
 
 
-def header_cards(header: fits.Header) -> tuple[Cards, bool]:
+def header_cards(header: fits.Header, *, where: str = "header") -> tuple[Cards, bool]:
     """Keep the cards of an image header worth carrying with the image.
 
     Parameters
     ----------
     header : astropy.io.fits.Header
         The image HDU's header (for a tile-compressed HDU, the image header).
+    where : str
+        How warnings name the header (``survey.fits[0]``).
 
     Returns
     -------
     cards : tuple of (keyword, value, comment)
         All cards except structure/scaling/compression/checksum cards, COMMENT/HISTORY,
         and lookup-table distortion cards.  Undefined values become ``None``; values that
-        are not str/int/float/bool (complex) become their string form.
+        are not str/int/float/bool (complex) become their string form.  Cards whose
+        value cannot be parsed, or is not finite (``1E+9999``), are dropped with a warning:
+        FITS allows neither, and astropy cannot write them back.
     dropped_table_distortion : bool
         True when lookup-table distortion cards were present and dropped.
+
+    Warns
+    -----
+    UserWarning
+        For each unreadable card (named with ``where``).
     """
     kept: list[tuple[str, object, str]] = []
     dropped = False
@@ -74,14 +83,28 @@ def header_cards(header: fits.Header) -> tuple[Cards, bool]:
         if _TABLE_DISTORTION.match(keyword):
             dropped = True
             continue
-        value = card.value
+        try:
+            value = card.value
+            comment = str(card.comment)
+            readable = not isinstance(value, float | complex) or bool(np.isfinite(value))
+        except (fits.VerifyError, ValueError):  # astropy's parser gave up on the value
+            readable = False
+        if not readable:
+            warnings.warn(
+                f"{where}: expected a FITS value in card {keyword}. Got "
+                f"{str(card.image)[10:].strip()!r}; the card is dropped (world coordinates "
+                "may be missing).",
+                UserWarning,
+                stacklevel=2,
+            )
+            continue
         if isinstance(value, fits.card.Undefined):
             value = None
         elif isinstance(value, np.generic):
             value = value.item()
         if not (value is None or isinstance(value, str | int | float | bool)):
             value = str(value)
-        kept.append((keyword, value, str(card.comment)))
+        kept.append((keyword, value, comment))
     return tuple(kept), dropped
 
 

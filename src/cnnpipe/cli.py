@@ -64,6 +64,17 @@ class LazyGroup(click.Group):
             ctx.exit(exc.exit_code)
 
 
+class _TaskFailureFilter(logging.Filter):
+    """Drops distributed's "Compute Failed" records of an in-process worker.
+
+    They carry the failed task's traceback; cnnpipe itself reports a work unit that
+    still fails after its retries as one line (``-vv`` shows them again).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cnnpipe")
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
@@ -85,6 +96,13 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     for noisy in ("distributed", "bokeh", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if quiet_libs else level)
+    # LocalCluster(silence_logs=...) quiets distributed's own handler only: an in-process
+    # worker's task failures still reach ours
+    worker_log = logging.getLogger("distributed.worker")
+    for old in [f for f in worker_log.filters if isinstance(f, _TaskFailureFilter)]:
+        worker_log.removeFilter(old)
+    if quiet_libs:
+        worker_log.addFilter(_TaskFailureFilter())
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 

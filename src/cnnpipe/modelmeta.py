@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +29,7 @@ __all__ = [
     "OutputKind",
     "OutputSpec",
     "Task",
+    "check_external_data",
     "load_onnx",
     "read_model_meta",
 ]
@@ -315,10 +318,15 @@ def _tuple_patch(d: dict[str, Any]) -> dict[str, Any]:
 def load_onnx(path: str | Path) -> Any:
     """Load an ONNX model's graph and metadata; external data is never loaded or followed.
 
+    Every model cnnpipe reads passes through here, so a model whose tensors keep their
+    data in files outside its own folder is refused before anything opens those files
+    (:func:`check_external_data`).
+
     Raises
     ------
     ModelError
-        The file is missing or not a readable ONNX model.
+        The file is missing, not a readable ONNX model, or has external data that leaves
+        its folder.
     """
     import onnx
 
@@ -327,10 +335,85 @@ def load_onnx(path: str | Path) -> Any:
         msg = f"{path}: no such model file."
         raise ModelError(msg)
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         msg = f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})."
         raise ModelError(msg) from None
+    check_external_data(model, path)
+    return model
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: initializers, node attributes, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node: Any) -> Iterator[Any]:
+    for attr in node.attribute:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        if attr.HasField("sparse_tensor"):
+            yield from (attr.sparse_tensor.values, attr.sparse_tensor.indices)
+        for sparse in attr.sparse_tensors:
+            yield from (sparse.values, sparse.indices)
+        if attr.HasField("g"):
+            yield from _tensors(attr.g)
+        for sub in attr.graphs:
+            yield from _tensors(sub)
+
+
+def check_external_data(model: Any, path: str | Path) -> None:
+    """Refuse external-data locations that leave the model's folder (DESIGN §8).
+
+    ONNX tensors may keep their bytes in another file named by a ``location`` relative
+    to the model.  An untrusted model could name ``../../home/x/.ssh/id_rsa`` or an
+    absolute path and have it read; cnnpipe (like onnx and onnxruntime >= 1.20) accepts
+    only existing files inside the model's folder, symbolic links resolved.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        Loaded with ``load_external_data=False``.
+    path : str or Path
+        Where ``model`` was read from.
+
+    Raises
+    ------
+    ModelError
+        A location is absolute, leaves the folder, or names no file.
+    """
+    from onnx import TensorProto
+
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    tensors = [*_tensors(model.graph)]
+    for function in model.functions:
+        for node in function.node:
+            tensors += _node_tensors(node)
+    for tensor in tensors:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = os.path.realpath(os.path.join(folder, location))
+        if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+            why = "an absolute path" if location else "no location"
+        elif os.path.commonpath([folder, target]) != folder:
+            why = f"which resolves to {target}, outside the model's folder"
+        elif not os.path.isfile(target):
+            why = "no such file"
+        else:
+            continue
+        msg = (
+            f"{path}: expected external data in a file inside the model's folder {folder}. "
+            f"Got tensor {tensor.name!r} at {location!r} ({why}); cnnpipe never reads "
+            "external data outside a model's folder. Save the model as one file "
+            "(onnx.save(model, path, save_as_external_data=False))."
+        )
+        raise ModelError(msg)
 
 
 def read_model_meta(path: str | Path) -> ModelMeta:

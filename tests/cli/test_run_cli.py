@@ -180,3 +180,13 @@ def test_killed_run_resumes_and_takes_over_the_stale_lock(
     for name in ("mask", "prob", "tiles"):
         assert np.array_equal(a[f"images/big/seg/{name}"][...], b[f"images/big/seg/{name}"][...],
                               equal_nan=True)
+    # the same catalog rows, none twice (fragments of re-run units replace, never add)
+    from cnnpipe.pipeline.catalogs import read_catalog_columns
+
+    _, got, got_attrs = read_catalog_columns(out, "seg")
+    _, want, want_attrs = read_catalog_columns(full, "seg")
+    assert got_attrs["n_rows"] == want_attrs["n_rows"] > 0
+    for column, values in want.items():
+        np.testing.assert_array_equal(got[column], values, err_msg=column)
+    rows = list(zip(got["x"].tolist(), got["y"].tolist(), got["area_px"].tolist()))
+    assert len(rows) == len(set(rows))

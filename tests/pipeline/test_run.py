@@ -11,11 +11,10 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -279,42 +278,10 @@ def test_shared_cluster_via_scheduler_address_gives_identical_store(
     assert _arrays(out) == _arrays(reference)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def dask_processes(tmp_path: Path) -> Iterator[str]:
-    """A real ``dask scheduler`` and ``dask worker`` on 127.0.0.1."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(Path(sys.executable).with_name("dask"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    logs = [open(tmp_path / f"{n}.log", "w") for n in ("scheduler", "worker")]  # noqa: SIM115
-    procs = [subprocess.Popen(
-        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-        stdout=logs[0], stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )]
-    procs.append(subprocess.Popen(
-        [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-         "--host", "127.0.0.1"],
-        stdout=logs[1], stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    ))
-    try:
-        from distributed import Client
-
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(1, timeout=60)
-        yield address
-    finally:
-        # each was started in its own session: end it and its children (nanny, worker)
-        for p in reversed(procs):
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        for f in logs:
-            f.close()
+def dask_processes(real_dask: Callable[..., str]) -> str:
+    """A real ``dask scheduler`` and ``dask worker`` on 127.0.0.1 (tests/pipeline/conftest)."""
+    return real_dask(nworkers=1)
 
 
 def test_real_dask_scheduler_and_worker_give_identical_store(

@@ -17,6 +17,10 @@ identity_model craters   output = input (a one-band heat map)           0       
 level_model    segment   per-pixel classes by value (1x1 conv, softmax) 0       1
 =============  ========  =============================================  ======  ========
 
+:func:`external_data_model` writes a ``craters_model`` whose weights live in another
+file at a given (possibly hostile) external-data location, for the tests of
+:func:`cnnpipe.modelmeta.check_external_data`.
+
 The receptive-field radius of ``segment_model`` with ``pooled=True`` is 5 pixels (two
 full-resolution 3x3 convolutions and one at half resolution, which reaches 4 pixels
 after nearest upsampling); the metadata halo is 5 rounded up to the multiple, 6.
@@ -40,6 +44,7 @@ __all__ = [
     "OPSET",
     "classify_model",
     "craters_model",
+    "external_data_model",
     "identity_model",
     "level_model",
     "segment_model",
@@ -286,4 +291,31 @@ def level_model(
         normalisation={"method": "none"},
     )
     write_model(graph, meta, path)
+    return meta
+
+
+def external_data_model(path: str | os.PathLike[str], *, location: str) -> ModelMeta:
+    """A :func:`craters_model` whose convolution weights are external data at ``location``.
+
+    ``location`` is stored as written (relative to the model's folder, ``../x.bin`` or an
+    absolute path).  The weights are written there unless something (a file, a symbolic
+    link) already is, so a test can point the location at a link of its own.
+    """
+    path = os.fspath(path)
+    meta = craters_model(path, name="craters")
+    model = onnx.load(path)
+    tensor = model.graph.initializer[0]
+    blob = numpy_helper.to_array(tensor).tobytes()
+    target = os.path.join(os.path.dirname(os.path.abspath(path)), location)
+    if not os.path.lexists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(blob)
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(len(blob)))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, path)
     return meta

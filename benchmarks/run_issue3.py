@@ -126,13 +126,31 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
         for x in bt.norm:
             sess.run([out_name], {in_name: feed(x)})
 
+    one_thread = ort_session(model, 1, spinning=False)
+
+    def bare_streams() -> None:
+        # the same cores as two 1-thread streams over alternate batches (what the engine's
+        # default layout does with two units in flight): the fastest bare loop we know
+        import threading
+
+        def half(k: int) -> None:
+            for x in bt.norm[k::2]:
+                one_thread.run([out_name], {in_name: feed(x)})
+
+        ts = [threading.Thread(target=half, args=(k,)) for k in (0, 1)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
     def bare_norm() -> None:
         from cnnpipe.normalise import normalise
 
         for x in bt.raw:
             bare.run([out_name], {in_name: feed(normalise(x, meta.normalisation))})
 
-    spec = SessionSpec(device="cpu", intra_op_threads=cp.ort_threads)
+    # one stream, as the bare rows: all cores as intra-op threads
+    spec = SessionSpec(device="cpu", intra_op_threads=cores)
     eng = get_session(job.path, job.sha256, spec)
     head = head_for(meta)
 
@@ -198,7 +216,7 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
 
     nospin = ort_session(model, cores, spinning=False)
     shapes = {x.shape: x for x in bt.norm}  # the full batch and a unit's last, short one
-    for sess in (bare, nospin, eng):  # first-call allocations per input shape, untimed
+    for sess in (bare, nospin, eng, one_thread):  # first-call allocations per shape, untimed
         for x in shapes.values():
             sess.run([out_name], {in_name: feed(x)})
 
@@ -253,6 +271,7 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
                  f"{meter.waited_s:.0f} s)")
             measure("bare", bare_run)
             measure("bare_nospin", lambda: bare_run(nospin))
+            measure("bare_streams", bare_streams)
             measure("bare_norm", bare_norm)
             measure("engine_inproc", engine_inproc)
             if has_catalog:
@@ -505,6 +524,9 @@ def report(data: dict[str, Any]) -> str:
         ("bare", "bare onnxruntime", "`session.run` on pre-normalised batches only"),
         ("bare_nospin", "bare onnxruntime, no spinning",
          "as above with `allow_spinning=0` (the engine's session option)"),
+        ("bare_streams", "bare onnxruntime, 2 streams x 1 thread",
+         "two Python threads on a 1-intra-op-thread session, alternate batches (not the "
+         "reference: shown as the ceiling of the engine's default 2 x 1 layout)"),
         ("bare_norm", "bare onnxruntime + normalise", "`normalise` + `session.run` per batch"),
         ("engine_inproc", "engine compute, in-process",
          "`infer_unit` (stack, normalise, run, activate, stitch) + `head.finish`; "

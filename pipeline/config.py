@@ -109,7 +109,7 @@ class RunConfig:
     mode: StoreMode = StoreMode.RESUME
     tile: int = 2048
     patch: int = 512
-    batch: int = 8
+    batch: int = 4
     retries: int = 2
     catalog: str | None = None
     catalog_origin: int = 0

@@ -33,7 +33,7 @@ class Settings:
     size: int = 4096
     tile: int = 2048
     patch: int = 512
-    batch: int = 8
+    batch: int = 4
     #: patches per call on a GPU (both sides of section h)
     gpu_batch: int = 32
     #: image side of section h (a GPU needs a larger image than a CPU to be timed)

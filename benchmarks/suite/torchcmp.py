@@ -101,7 +101,7 @@ def run_bc(ctx: Context, *, monai: bool, naive: bool) -> dict[str, Any]:
         return out
 
     session = get_session(job.path, job.sha256,
-                          SessionSpec(device="cpu", intra_op_threads=threads["ort_threads"]))
+                          SessionSpec(device="cpu", intra_op_threads=threads["total"]))
     eng = engine_probs(prep, session)  # also the engine's untimed warm-up
     outs: dict[str, np.ndarray] = {}
     sides = [("cnnpipe", lambda: run_cnnpipe(cfg)), ("engine", lambda: engine_probs(prep, session))]

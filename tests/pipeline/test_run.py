@@ -600,6 +600,9 @@ def test_cluster_sizing_keeps_threads_within_cores() -> None:
     for cores in (1, 2, 8, 16, 64):
         cp = cluster_plan(cfg, cores=cores)
         assert cp.workers * cp.threads * cp.ort_threads <= cores
+    layout = {c: (p.workers, p.threads, p.ort_threads)
+              for c in (1, 2, 16) for p in [cluster_plan(cfg, cores=c)]}
+    assert layout == {1: (1, 1, 1), 2: (1, 2, 1), 16: (4, 2, 2)}  # two units in flight
     cp = cluster_plan(replace(cfg, workers=3, threads=2), cores=16)
     assert (cp.workers, cp.threads, cp.ort_threads) == (3, 2, 2)
     assert cluster_plan(cfg, cores=16, gpu=True).workers == 1

@@ -52,7 +52,7 @@ def _parse_bands(
               help="Work unit and output chunk size, pixels.")
 @click.option("--patch", type=click.IntRange(min=1), default=512, show_default=True,
               help="Patch size of fully convolutional models, halo included, pixels.")
-@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
               help="Patches per inference call.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Extra attempts of a failing work unit.")

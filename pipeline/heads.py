@@ -49,6 +49,7 @@ from cnnpipe.errors import ModelError
 from cnnpipe.modelmeta import ModelMeta, OutputKind, Task
 from cnnpipe.normalise import normalise
 from cnnpipe.pipeline.columns import FLAG_EDGE, FLAG_MASKED, Column, catalog_schema
+from cnnpipe.pipeline.halffloat import to_float16
 from cnnpipe.pipeline.plan import Unit
 from cnnpipe.pipeline.positions import Positions, cutouts, detect_sources
 
@@ -231,7 +232,7 @@ class PixelHead(ABC):
         """Mask ``(y, x)`` uint8 and probabilities float16 of a unit; no data -> 255 / NaN."""
         m = self.mask(acc)
         m[nodata] = NODATA
-        prob = acc.astype(np.float16)
+        prob = to_float16(acc)
         prob[..., nodata] = np.nan
         return m, prob
 

@@ -219,12 +219,15 @@ def prepare(config: RunConfig) -> Prepared:
         union += [b for b in m.bands if b not in union]
     if config.band_files:
         model_bands: tuple[str, ...] = tuple(union)
+        named = [(p, m) for p, _, m in jobs_raw]
     else:
-        multi = [m for m in metas if m.n_bands > 1]
-        model_bands = multi[0].bands if multi else (metas[0].bands[0],)
+        multi = [(p, m) for p, _, m in jobs_raw if m.n_bands > 1]
+        model_bands = multi[0][1].bands if multi else (metas[0].bands[0],)
+        named = multi[:1]
+    label = "model " + ", ".join(f"{m.name} ({p})" for p, m in named) if named else "model"
     sources = tuple(open_sources(
         list(config.inputs), hdu=config.hdu, bands=dict(config.band_files) or None,
-        model_bands=model_bands,
+        model_bands=model_bands, model_label=label,
     ))
     channels = {s.key: tuple(_channels(s, m, p) for p, _, m in jobs_raw) for s in sources}
     for s in sources:

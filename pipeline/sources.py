@@ -377,6 +377,7 @@ def open_sources(
     hdu: str | int | None = None,
     bands: Mapping[str, str] | None = None,
     model_bands: Sequence[str] | None = None,
+    model_label: str = "model",
 ) -> list[Source]:
     """Validate the input images of a run and describe them as :class:`Source` objects.
 
@@ -398,6 +399,9 @@ def open_sources(
         The model's band order.  With ``bands``: channels are stacked in this order and
         every model band must be given.  Without ``bands``: a single-band model names the
         band of every image; a multi-band model is an error.
+    model_label : str
+        How messages name the model(s) behind ``model_bands`` (e.g. ``"model two
+        (/models/two.onnx)"``).
 
     Returns
     -------
@@ -430,19 +434,20 @@ def open_sources(
         msg = "No input images. Give at least one FITS path (or --band NAME=PATH)."
         raise ConfigError(msg)
     if bands:
-        sources = _open_multiband(bands, selector, model_bands)
+        sources = _open_multiband(bands, selector, model_bands, model_label)
     else:
-        sources = _open_single(specs, selector, model_bands)
+        sources = _open_single(specs, selector, model_bands, model_label)
     return _dedupe_keys(sources)
 
 
 def _open_single(
-    specs: Sequence[str], selector: HDUSelector | None, model_bands: Sequence[str] | None
+    specs: Sequence[str], selector: HDUSelector | None, model_bands: Sequence[str] | None,
+    model_label: str = "model",
 ) -> list[Source]:
     if model_bands is not None and len(model_bands) > 1:
         msg = (
-            f"model needs bands {','.join(model_bands)}; got one single-band image per path "
-            f"({', '.join(specs)}); give each band as --band NAME=PATH."
+            f"{model_label} needs bands {','.join(model_bands)}; got one single-band image "
+            f"per path ({', '.join(specs)}); give each band as --band NAME=PATH."
         )
         raise InputError(msg)
     band = (model_bands[0],) if model_bands else ("image",)
@@ -468,13 +473,14 @@ def _open_single(
 
 
 def _open_multiband(
-    bands: Mapping[str, str], selector: HDUSelector | None, model_bands: Sequence[str] | None
+    bands: Mapping[str, str], selector: HDUSelector | None, model_bands: Sequence[str] | None,
+    model_label: str = "model",
 ) -> list[Source]:
     if model_bands is not None:
         missing = [b for b in model_bands if b not in bands]
         if missing:
             msg = (
-                f"model needs bands {','.join(model_bands)}; got {','.join(bands)} "
+                f"{model_label} needs bands {','.join(model_bands)}; got {','.join(bands)} "
                 f"(missing {','.join(missing)}); add --band {missing[0]}=PATH."
             )
             raise InputError(msg)

@@ -326,14 +326,16 @@ def case_model_band_not_given(kit: Kit, tmp: Path) -> Case:
     segment_model(two, bands=("g", "r"), name="two")
     out = tmp / "out.zarr"
     args = ["run", "--band", f"g={kit.image}", "--model", str(two), "--out", str(out)]
-    return Case(args=args, names=("needs bands g,r", "missing r"), out=out)
+    return Case(args=args, names=("model two", "two.onnx", "needs bands g,r", "missing r"),
+                out=out)
 
 
 def case_multiband_model_on_one_image(kit: Kit, tmp: Path) -> Case:
     two = tmp / "two.onnx"
     segment_model(two, bands=("g", "r"), name="two")
     args, out = _run(kit, tmp, kit.image, model=two)
-    return Case(args=args, names=("needs bands g,r", "sky.fits"), out=out)
+    return Case(args=args, names=("model two", "two.onnx", "needs bands g,r", "sky.fits"),
+                out=out)
 
 
 def case_classifier_patch_larger_than_image(kit: Kit, tmp: Path) -> Case:

@@ -103,7 +103,8 @@ def test_errors_are_one_line_with_exit_codes(
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("cnnpipe: error: ")
-    assert "model needs bands g,r" in lines[0]
+    assert "needs bands g,r" in lines[0]
+    assert str(files["two"]) in lines[0]  # both sides: the model file and the image
     assert "sky.fits" in lines[0]
     assert not out.exists()
     # a setting that does not fit a model: ConfigError, exit 2

@@ -387,7 +387,8 @@ def test_model_bands_are_checked_before_any_work(data: Data, tmp_path: Path) -> 
     two = tmp_path / "two.onnx"
     segment_model(two, bands=("g", "r"), name="two")
     out = tmp_path / "never.zarr"
-    with pytest.raises(InputError, match=r"model needs bands g,r; got one single-band image"):
+    with pytest.raises(InputError, match=r"model two \(.*two\.onnx\) needs bands g,r; got one "
+                       r"single-band image"):
         run(data.config(out, models=(str(two),)))
     assert not out.exists()
     assert not lock_path(out).exists()

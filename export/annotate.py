@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cnnpipe.errors import ConfigError, ExportError
+from cnnpipe.errors import ConfigError, ExportError, ModelError
 from cnnpipe.export.package import (
     ExportReport,
     check_writable,
@@ -37,7 +37,7 @@ from cnnpipe.export.validate import (
     run_session,
 )
 from cnnpipe.inspection import read_signature
-from cnnpipe.modelmeta import ModelMeta, OutputKind, Task, check_external_data
+from cnnpipe.modelmeta import ModelMeta, OutputKind, Task, load_onnx
 from cnnpipe.normalise import normalise
 
 __all__ = ["annotate_onnx", "graph_defaults"]
@@ -110,16 +110,10 @@ def annotate_onnx(
     emit = log or _log.info
     src = Path(str(request.from_onnx))
     check_writable(request.out)
-    if not src.is_file():
-        msg = f"{src}: no such ONNX file."
-        raise ExportError(msg)
-    try:
-        model = onnx.load(str(src), load_external_data=False)
-    except Exception as exc:
-        msg = f"{src}: not a readable ONNX model ({type(exc).__name__}: {exc})."
-        raise ExportError(msg) from None
-    # external data only from inside the model's folder, checked before any is opened
-    check_external_data(model, src)
+    try:  # external data only from inside the model's folder, checked before any is opened
+        model = load_onnx(src)
+    except ModelError as exc:
+        raise ExportError(str(exc)) from None
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))
     except Exception as exc:

@@ -460,54 +460,40 @@ class RunStore:
             The arrays cannot be created (disk full, permissions).
         """
         with writing(self.path, f"the arrays of image {key}"):
-            self._create_image(key, shape=shape, tile=tile, bands=bands, header=header,
-                               has_wcs=has_wcs, models=models)
-
-    def _create_image(
-        self,
-        key: str,
-        *,
-        shape: tuple[int, int],
-        tile: int,
-        bands: Sequence[str],
-        header: Iterable[tuple[str, object, str]],
-        has_wcs: bool,
-        models: Sequence[tuple[str, int, tuple[str, ...], Sequence[str]]],
-    ) -> None:
-        root = zarr.open_group(self.path, mode="r+")
-        g = root.require_group(f"images/{key}")
-        image_attrs: dict[str, Any] = {
-            "header": cards_to_json(header), "shape": list(shape), "bands": list(bands),
-            "has_wcs": bool(has_wcs),
-        }
-        g.attrs.update(image_attrs)
-        ny, nx = shape
-        grid = (-(-ny // tile), -(-nx // tile))
-        for name, channels, prob_dims, classes in models:
-            mg = g.require_group(name)
-            if "tiles" in mg:
-                continue  # resume: arrays exist with this identity
-            # no ledger yet: nothing was computed, (re)create whatever a crash left
-            mg.create_array(
-                "mask", shape=(ny, nx), chunks=(tile, tile), dtype="uint8", fill_value=255,
-                dimension_names=("y", "x"), overwrite=True, compressors=_codec(),
-                attributes={"nodata": 255, "classes": list(classes)},
-            )
-            pshape = (channels, ny, nx) if len(prob_dims) == 3 else (ny, nx)
-            pchunks = (channels, tile, tile) if len(prob_dims) == 3 else (tile, tile)
-            mg.create_array(
-                "prob", shape=pshape, chunks=pchunks, dtype="float16", fill_value=float("nan"),
-                compressors=_codec(),
-                dimension_names=prob_dims, attributes={"classes": list(classes)}, overwrite=True,
-            )
-            mg.create_group("fragments", overwrite=True)
-            # the ledger last: its presence means the model's arrays are complete
-            mg.create_array(
-                "tiles", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0,
-                dimension_names=("unit_y", "unit_x"),
-                attributes={"states": {s.name.lower(): int(s) for s in UnitState},
-                            "tile": tile},
-            )
+            root = zarr.open_group(self.path, mode="r+")
+            g = root.require_group(f"images/{key}")
+            image_attrs: dict[str, Any] = {
+                "header": cards_to_json(header), "shape": list(shape), "bands": list(bands),
+                "has_wcs": bool(has_wcs),
+            }
+            g.attrs.update(image_attrs)
+            ny, nx = shape
+            grid = (-(-ny // tile), -(-nx // tile))
+            for name, channels, prob_dims, classes in models:
+                mg = g.require_group(name)
+                if "tiles" in mg:
+                    continue  # resume: arrays exist with this identity
+                # no ledger yet: nothing was computed, (re)create whatever a crash left
+                mg.create_array(
+                    "mask", shape=(ny, nx), chunks=(tile, tile), dtype="uint8", fill_value=255,
+                    dimension_names=("y", "x"), overwrite=True, compressors=_codec(),
+                    attributes={"nodata": 255, "classes": list(classes)},
+                )
+                pshape = (channels, ny, nx) if len(prob_dims) == 3 else (ny, nx)
+                pchunks = (channels, tile, tile) if len(prob_dims) == 3 else (tile, tile)
+                mg.create_array(
+                    "prob", shape=pshape, chunks=pchunks, dtype="float16", fill_value=float("nan"),
+                    compressors=_codec(), dimension_names=prob_dims,
+                    attributes={"classes": list(classes)}, overwrite=True,
+                )
+                mg.create_group("fragments", overwrite=True)
+                # the ledger last: its presence means the model's arrays are complete
+                mg.create_array(
+                    "tiles", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0,
+                    dimension_names=("unit_y", "unit_x"),
+                    attributes={"states": {s.name.lower(): int(s) for s in UnitState},
+                                "tile": tile},
+                )
 
     def ledger(self, key: str, model: str) -> npt.NDArray[np.uint8]:
         """The ``(unit_y, unit_x)`` ledger of one image and model."""

@@ -168,7 +168,7 @@ def _triage(path: Path, *, model_sha: list[str], template: RunConfig,
             ledger: Ledger) -> _Todo | InputOutcome:
     """The input's ledger key, or its outcome when there is nothing to do."""
     try:
-        sha = file_sha256(path)
+        sha = ledger.content_sha256(path)
     except OSError as exc:
         return InputOutcome(input=str(path), status="failed",
                             reason=f"cannot read it ({exc.strerror or exc})")

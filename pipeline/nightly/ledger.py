@@ -104,10 +104,44 @@ class Ledger:
             msg = f"{path}: cannot write the ledger entry ({exc.strerror or exc})."
             raise StoreError(msg) from None
 
+    def content_sha256(self, path: str | os.PathLike[str]) -> str:
+        """SHA-256 of a file's bytes, remembered by (path, size, mtime, inode, device).
+
+        A rerun over a night of large exposures then reads none of them again; a file
+        that was rewritten (another size, mtime or inode) is hashed anew.  The memo lives
+        in ``<ledger>/stat/`` (one small JSON file per path, written atomically).
+
+        Raises
+        ------
+        OSError
+            The file cannot be read.
+        """
+        from cnnpipe.pipeline.store import file_sha256
+
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+        memo = self.root / "stat" / (hashlib.sha256(real.encode()).hexdigest() + ".json")
+        try:
+            data = json.loads(memo.read_text())
+            if data.get("path") == real and data.get("stat") == stamp:
+                return str(data["sha256"])
+        except (OSError, ValueError, KeyError):
+            pass
+        sha = file_sha256(real)
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"path": real, "stat": stamp, "sha256": sha}))
+            os.replace(tmp, memo)
+        except OSError:
+            pass  # only a memo: the next run hashes the file again
+        return sha
+
     def entries(self) -> list[Entry]:
         """Every entry (for reports and tests)."""
         out = []
-        for p in sorted(self.root.glob("*/*.json")):
+        for p in sorted(self.root.glob("??/*.json")):  # not stat/: the hash memo
             e = self.get(p.stem)
             if e is not None:
                 out.append(e)

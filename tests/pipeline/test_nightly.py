@@ -374,3 +374,34 @@ def test_slurm_workers_from_the_deploy_configuration_are_gpu_workers_that_retire
     walltime = slurm["walltime"]
     assert lifetime < int(walltime.split(":")[0]) * 60 + int(walltime.split(":")[1])
     assert what == f"slurm: {config.cluster.workers} job(s)"
+
+
+def test_a_rerun_does_not_read_finished_inputs_again(
+    tmp_path: Path, models: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cnnpipe.pipeline.store as store_mod
+
+    folder = tmp_path / "incoming" / NIGHT
+    folder.mkdir(parents=True)
+    a = write_float(folder / "a.fits", shape=(40, 50), seed=1)[0]
+    write_float(folder / "b.fits", shape=(40, 50), seed=2)
+    config = NightlyConfig.from_toml(_config(tmp_path, models[:1]))
+    assert run_nightly(config, NIGHT, plots=False).exit_code == 0
+
+    hashed: list[str] = []
+    real = store_mod.file_sha256
+
+    def counting(path: object) -> str:
+        hashed.append(os.path.basename(str(path)))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_mod, "file_sha256", counting)
+    second = run_nightly(config, NIGHT, plots=False)
+    assert second.this_invocation["skipped"] == 2
+    assert [h for h in hashed if h.endswith(".fits")] == []  # the stat memo answered
+    # a rewritten file (new content, new mtime) is hashed again and processed
+    write_float(a, shape=(40, 50), seed=3)
+    third = run_nightly(config, NIGHT, plots=False)
+    assert [h for h in hashed if h.endswith(".fits")] == ["a.fits"]
+    assert third.this_invocation["done"] == 1
+    assert len(Ledger(config.ledger).entries()) == 3  # the memo files are no entries

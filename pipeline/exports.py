@@ -22,9 +22,10 @@ of such a store is then built in memory from the fragments of the units done so 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,29 @@ def _write_fits(table: Any, path: str) -> None:
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
 
 
+@contextlib.contextmanager
+def _atomic(path: str, what: str) -> Iterator[str]:
+    """Yield ``PATH.partial`` to write; renamed to ``path`` on success, removed otherwise.
+
+    Raises
+    ------
+    StoreError
+        The file system refused (full disk, permissions); the message names ``path``.
+    """
+    tmp = f"{path}.partial"
+    try:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        msg = f"{path}: cannot write {what} ({exc.strerror or exc})."
+        raise StoreError(msg) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_table(table: Any, path: str | os.PathLike[str], fmt: str, *,
                 overwrite: bool = False) -> str:
     """Write a catalog table as ``fmt`` (``parquet``, ``fits``, ``votable``, ``csv``).
@@ -203,8 +227,7 @@ def write_table(table: Any, path: str | os.PathLike[str], fmt: str, *,
     if os.path.exists(path) and not overwrite:
         msg = f"{path} exists. Use --overwrite to replace it, or choose another -o."
         raise StoreError(msg)
-    tmp = f"{path}.partial"
-    try:
+    with _atomic(path, "the catalog") as tmp:
         if fmt == "parquet":
             _write_parquet(table, tmp)
         elif fmt == "fits":
@@ -213,13 +236,6 @@ def write_table(table: Any, path: str | os.PathLike[str], fmt: str, *,
             table.write(tmp, format="votable", overwrite=True)
         else:
             table.write(tmp, format="ascii.ecsv", delimiter=",", overwrite=True)
-        os.replace(tmp, path)
-    except OSError as exc:
-        msg = f"{path}: cannot write the catalog ({exc.strerror or exc})."
-        raise StoreError(msg) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -297,10 +313,7 @@ def write_mask_fits(
     ny, nx = (int(n) for n in arr.shape)
     header = _mask_header(spath, image, (ny, nx), meta.output.classes)
     rows = max(1, strip_bytes // max(nx, 1))
-    tmp = f"{path}.partial"
-    try:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with _atomic(path, "the mask") as tmp:
         out = fits.StreamingHDU(tmp, header)
         try:
             for y0 in range(0, ny, rows):
@@ -309,11 +322,4 @@ def write_mask_fits(
                 out.write(strip)
         finally:
             out.close()
-        os.replace(tmp, path)
-    except OSError as exc:
-        msg = f"{path}: cannot write the mask ({exc.strerror or exc})."
-        raise StoreError(msg) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

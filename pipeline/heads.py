@@ -62,6 +62,7 @@ __all__ = [
     "Scale",
     "SegmentHead",
     "UnitView",
+    "argmax_classes",
     "head_for",
     "sigmoid",
     "softmax",
@@ -81,6 +82,27 @@ def softmax(x: npt.NDArray[np.floating], axis: int = 1) -> F32:
     x = np.asarray(x, dtype=np.float32)
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     return (e / np.sum(e, axis=axis, keepdims=True)).astype(np.float32)
+
+
+def argmax_classes(acc: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
+    """``np.argmax(acc, axis=0).astype(uint8)`` for ``(classes, y, x)``, without int64.
+
+    One pass per class over contiguous planes (a running maximum and a uint8 index; a
+    tie keeps the first class, as argmax does) instead of numpy's strided reduction into
+    an int64 array: 3-4x faster on a 5 x 2048² unit.  Pixels where a class is NaN (the
+    running maximum becomes NaN) are redone with argmax itself (the first NaN wins).
+    """
+    if acc.shape[0] > 255:
+        return np.argmax(acc, axis=0).astype(np.uint8)
+    best = acc[0].copy()
+    idx = np.zeros(acc.shape[1:], np.uint8)
+    for k in range(1, acc.shape[0]):
+        idx[acc[k] > best] = k
+        np.maximum(best, acc[k], out=best)
+    nan = np.isnan(best)
+    if nan.any():
+        idx[nan] = np.argmax(acc[:, nan], axis=0)
+    return idx
 
 
 def sigmoid(x: npt.NDArray[np.floating]) -> F32:
@@ -223,17 +245,18 @@ class PixelHead(ABC):
         acc[:, dst[0], dst[1]] = probs[:, src[0], src[1]]
 
     def mask(self, acc: F32) -> npt.NDArray[np.uint8]:
-        """The class mask of a stitched unit (before no-data marking)."""
-        return np.argmax(acc, axis=0).astype(np.uint8)
+        """The class mask of a stitched unit (before no-data marking): argmax over classes."""
+        return argmax_classes(acc)
 
     def finish(
         self, acc: F32, nodata: npt.NDArray[np.bool_]
     ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float16]]:
         """Mask ``(y, x)`` uint8 and probabilities float16 of a unit; no data -> 255 / NaN."""
         m = self.mask(acc)
-        m[nodata] = NODATA
         prob = to_float16(acc)
-        prob[..., nodata] = np.nan
+        if nodata.any():
+            m[nodata] = NODATA
+            prob[..., nodata] = np.nan
         return m, prob
 
     # -- catalogs ------------------------------------------------------------------------

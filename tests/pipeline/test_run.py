@@ -32,7 +32,7 @@ from cnnpipe.errors import InputError, LockedError, StoreError, WorkerError
 from cnnpipe.modelmeta import METADATA_KEY, ModelMeta, read_model_meta
 from cnnpipe.normalise import normalise
 from cnnpipe.pipeline.config import RunConfig, StoreMode
-from cnnpipe.pipeline.heads import ClassifyHead, CratersHead, SegmentHead
+from cnnpipe.pipeline.heads import ClassifyHead, CratersHead, SegmentHead, argmax_classes
 from cnnpipe.pipeline.plan import ImagePlan, make_plan, read_window
 from cnnpipe.pipeline.runner import dry_run, prepare, run
 from cnnpipe.pipeline.sources import open_sources
@@ -738,3 +738,16 @@ def test_every_fits_flavour_gives_the_same_store_as_plain_float32(
         mask = np.asarray(root[f"images/{key}/craters/mask"][...])
         np.testing.assert_array_equal(mask, ref_mask, err_msg=key)
         np.testing.assert_array_equal(prob, ref_prob, err_msg=key)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 5, 12])
+def test_argmax_classes_equals_numpy_argmax_with_ties_and_nan(classes: int) -> None:
+    rng = np.random.default_rng(classes)
+    # coarse values: many ties, which must go to the first class as np.argmax does
+    acc = rng.integers(0, 4, (classes, 64, 48)).astype(np.float32)
+    acc[rng.integers(classes), rng.random((64, 48)) < 0.05] = np.nan
+    acc[:, 0, 0] = np.nan
+    want = np.argmax(acc, axis=0).astype(np.uint8)
+    got = argmax_classes(acc)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)

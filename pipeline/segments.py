@@ -95,14 +95,27 @@ def unit_components(
     h, w = mask.shape
     y0, x0 = origin
     ny, nx = image_shape
-    labels = np.zeros((h, w), dtype=np.int64)
+    labels = np.zeros((h, w), dtype=np.int32)
+    lab = np.empty((h, w), dtype=np.int32)
     classes: list[I64] = []
     n = 0
-    for c in np.unique(mask):
+    # the mask is normally the argmax of probs, classes 1 .. C - 1: a uint8 compare per
+    # class is cheaper than finding the values present (np.unique, bincount)
+    nc = probs.shape[0] if probs is not None else NODATA
+    if nc < NODATA and np.count_nonzero(mask < nc) + np.count_nonzero(mask == NODATA) == h * w:
+        candidates: Sequence[int] = range(1, nc)
+    else:
+        candidates = [int(c) for c in np.unique(mask)]
+    for c in candidates:
         if c == 0 or c == NODATA:
             continue
-        lab, k = ndimage.label(mask == c, structure=_EIGHT)
-        labels[lab > 0] = lab[lab > 0] + n
+        sel = mask == c
+        if not sel.any():
+            continue
+        k = ndimage.label(sel, structure=_EIGHT, output=lab)
+        on = lab > 0
+        lab += n
+        np.copyto(labels, lab, where=on)
         classes.append(np.full(k, int(c), dtype=np.int64))
         n += k
     # Moments over labelled pixels only: sources cover a small part of a sky unit, and

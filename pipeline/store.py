@@ -12,8 +12,8 @@ Layout::
                                    chunks (C, tile, tile) / (tile, tile)
         <model>/tiles              the ledger: uint8 (unit_y, unit_x), chunks (1, 1),
                                    0 pending / 1 done / 2 blank
-        <model>/fragments/<uy>_<ux>  the catalog fragment of a done unit (1-D arrays;
-                                   :mod:`cnnpipe.pipeline.catalogs`)
+        <model>/fragments/<uy>_<ux>  the catalog fragment of a done unit (uint8 bytes of
+                                   an .npz; :mod:`cnnpipe.pipeline.catalogs`)
     catalogs/<model>/              the merged catalog: one 1-D array per column
     OUT.zarr.lock                  exclusive lock of the running job (next to the store)
 

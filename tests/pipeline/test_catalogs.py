@@ -505,3 +505,31 @@ def test_mask_fits_passes_fitsverify_and_keeps_the_wcs(runs: Runs, tmp_path: Pat
     out = subprocess.run(["fitsverify", "-e", str(path)], capture_output=True, text=True)
     assert "0 error" in out.stdout, out.stdout
     assert out.returncode == 0, out.stdout
+
+
+def test_fragment_is_one_array_and_round_trips(tmp_path: Path) -> None:
+    from cnnpipe.pipeline.catalogs import write_fragment
+
+    store = str(tmp_path / "f.zarr")
+    zarr.open_group(store, mode="w")
+    frag = {"x": np.array([1.5, 2.5]), "id": np.array([3, 4], np.int64),
+            "name": np.array(["a", "bé"], dtype=object), "empty": np.zeros(0, np.uint8),
+            "edge_top": np.arange(7, dtype=np.int64)}
+    write_fragment(store, "k", "m", 0, 1, frag)
+    node = zarr.open(store, path="images/k/m/fragments/0_1", mode="r")
+    assert isinstance(node, zarr.Array) and node.attrs["n_rows"] == 2
+    files = [p for p in (tmp_path / "f.zarr" / "images/k/m/fragments/0_1").rglob("*") if p.is_file()]
+    assert len(files) == 2  # zarr.json + one chunk, whatever the number of columns
+    back = read_fragment(store, "k", "m", 0, 1)
+    assert sorted(back) == sorted(frag)
+    for name, v in frag.items():
+        assert back[name].dtype == v.dtype and back[name].tolist() == v.tolist(), name
+    write_fragment(store, "k", "m", 0, 1, {"x": np.array([9.0])})  # a retry replaces
+    assert list(read_fragment(store, "k", "m", 0, 1)) == ["x"]
+
+
+def test_fragment_of_the_group_layout_still_reads(tmp_path: Path) -> None:
+    store = str(tmp_path / "old.zarr")
+    g = zarr.open_group(store, mode="w").require_group("images/k/m/fragments/2_3")
+    g.create_array("x", shape=(2,), dtype="float64")[:] = [1.0, 2.0]
+    assert read_fragment(store, "k", "m", 2, 3)["x"].tolist() == [1.0, 2.0]

@@ -15,7 +15,7 @@ _CAST_LOCK = threading.Lock()
 
 
 def _cast_session() -> Any:
-    """This process's one-node ``Cast(float -> float16)`` onnxruntime session."""
+    """The one-node ``Cast(float -> float16)`` onnxruntime session of this process."""
     global _CAST
     if _CAST is None:
         with _CAST_LOCK:

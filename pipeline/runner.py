@@ -20,7 +20,7 @@ import numpy as np
 
 from cnnpipe import __version__
 from cnnpipe.errors import InputError, ModelError, ModelMismatchError
-from cnnpipe.modelmeta import ModelMeta, Task, read_model_meta
+from cnnpipe.modelmeta import ModelMeta, Task, model_sha256, read_model_meta
 from cnnpipe.pipeline.catalogs import merge_catalogs
 from cnnpipe.pipeline.config import RunConfig, StoreMode
 from cnnpipe.pipeline.execute import (
@@ -41,7 +41,6 @@ from cnnpipe.pipeline.store import (
     StoreLock,
     UnitState,
     file_fingerprint,
-    file_sha256,
     identity_hash,
     now_iso,
 )
@@ -208,7 +207,7 @@ def prepare(config: RunConfig) -> Prepared:
             msg = f"{path}: at most 255 classes fit a uint8 mask. Got {len(meta.output.classes)}."
             raise ModelError(msg)
         metas.append(meta)
-        jobs_raw.append((path, file_sha256(path), meta))
+        jobs_raw.append((path, model_sha256(path), meta))
         model_bytes[meta.name] = os.path.getsize(path)
 
     if config.catalog and not os.path.isfile(config.catalog):

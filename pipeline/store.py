@@ -45,6 +45,7 @@ import numpy.typing as npt
 import zarr
 
 from cnnpipe.errors import CnnpipeError, LockedError, StoreError
+from cnnpipe.modelmeta import file_sha256
 
 __all__ = [
     "RUN_SCHEMA",
@@ -84,15 +85,6 @@ class UnitState(IntEnum):
 def now_iso() -> str:
     """Current UTC time, ISO 8601 with seconds."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_fingerprint(path: str | os.PathLike[str], *, span: int = 1 << 20) -> str:

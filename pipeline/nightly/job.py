@@ -47,7 +47,7 @@ from cnnpipe.pipeline.nightly.cluster import NightCluster, open_cluster
 from cnnpipe.pipeline.nightly.config import NightlyConfig, QuarantineMode
 from cnnpipe.pipeline.nightly.ledger import Entry, EntryStatus, Ledger, ledger_key
 from cnnpipe.pipeline.nightly.report import InputOutcome, NightReport, quicklooks, write_report
-from cnnpipe.pipeline.store import StoreLock, file_sha256, now_iso
+from cnnpipe.pipeline.store import StoreLock, now_iso
 
 __all__ = ["FITS_SUFFIXES", "JsonFormatter", "event", "find_inputs", "resolve_models",
            "run_nightly"]
@@ -249,14 +249,14 @@ def run_nightly(
         The configuration does not work (unknown model, cluster package missing, ...);
         nothing was processed.
     """
-    from cnnpipe.modelmeta import read_model_meta
+    from cnnpipe.modelmeta import model_sha256, read_model_meta
     from cnnpipe.pipeline.runner import local_gpu
 
     template = _settings(config)
     models = resolve_models(config.models, where=config.source)
     for m in models:
         read_model_meta(m)  # a broken model stops the night before any input is touched
-    model_sha = [file_sha256(m) for m in models]
+    model_sha = [model_sha256(m) for m in models]
     night_dir = config.night_dir(night)
     report = NightReport(night=night, config=config.to_dict(), started=now_iso())
     lock = StoreLock(night_dir, run_id=uuid.uuid4().hex[:12])

@@ -8,6 +8,7 @@ validates and serialises the document; reading it from a file lives in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,7 +31,9 @@ __all__ = [
     "OutputSpec",
     "Task",
     "check_external_data",
+    "file_sha256",
     "load_onnx",
+    "model_sha256",
     "read_model_meta",
 ]
 
@@ -343,6 +346,41 @@ def load_onnx(path: str | Path) -> Any:
     return model
 
 
+def model_sha256(path: str | Path) -> str:
+    """Hex SHA-256 identifying a model's weights: its file, plus its external-data files.
+
+    For a single-file model (every package ``cnnpipe export`` writes) this is the SHA-256
+    of the file's bytes.  A model keeping tensors in external-data files inside its
+    folder hashes ``sha256(file) + NUL + location + NUL + sha256(data file)`` for each
+    data file in sorted order, so that replacing a data file changes the identity a
+    store or a nightly ledger keeps (a resumed run never mixes weights).
+
+    Raises
+    ------
+    ModelError
+        As :func:`load_onnx`.
+    """
+    files = check_external_data(load_onnx(path), path)
+    main = file_sha256(path)
+    if not files:
+        return main
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    h = hashlib.sha256(main.encode())
+    for f in files:
+        h.update(b"\0" + os.path.relpath(f, folder).encode() + b"\0")
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _tensors(graph: Any) -> Iterator[Any]:
     """Every TensorProto of a graph: initializers, node attributes, subgraphs."""
     yield from graph.initializer
@@ -367,7 +405,7 @@ def _node_tensors(node: Any) -> Iterator[Any]:
             yield from _tensors(sub)
 
 
-def check_external_data(model: Any, path: str | Path) -> None:
+def check_external_data(model: Any, path: str | Path) -> list[str]:
     """Refuse external-data locations that leave the model's folder (DESIGN §8).
 
     ONNX tensors may keep their bytes in another file named by a ``location`` relative
@@ -382,6 +420,11 @@ def check_external_data(model: Any, path: str | Path) -> None:
     path : str or Path
         Where ``model`` was read from.
 
+    Returns
+    -------
+    list of str
+        The external-data files the model names (real paths, sorted, each once).
+
     Raises
     ------
     ModelError
@@ -394,6 +437,7 @@ def check_external_data(model: Any, path: str | Path) -> None:
     for function in model.functions:
         for node in function.node:
             tensors += _node_tensors(node)
+    files: set[str] = set()
     for tensor in tensors:
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
@@ -406,6 +450,7 @@ def check_external_data(model: Any, path: str | Path) -> None:
         elif not os.path.isfile(target):
             why = "no such file"
         else:
+            files.add(target)
             continue
         msg = (
             f"{path}: expected external data in a file inside the model's folder {folder}. "
@@ -414,6 +459,7 @@ def check_external_data(model: Any, path: str | Path) -> None:
             "(onnx.save(model, path, save_as_external_data=False))."
         )
         raise ModelError(msg)
+    return sorted(files)
 
 
 def read_model_meta(path: str | Path) -> ModelMeta:

@@ -138,3 +138,32 @@ def test_pickled_code_in_a_checkpoint_is_refused_not_run(
                     "--weights", ckpt, "--bands", "r", "--out", out)
     assert result.exit_code == 0, result.output
     assert out.exists()
+
+
+def test_model_identity_covers_its_external_data(models: Path, tmp_path: Path) -> None:
+    """Replacing an external-data file changes the model's SHA-256: a store made with the
+    old weights is refused, never resumed with the new ones."""
+    from cnnpipe.modelmeta import file_sha256, model_sha256
+
+    single = models / "single.onnx"
+    from cnnpipe.testing.onnx_models import craters_model
+
+    craters_model(str(single), name="craters")
+    assert model_sha256(single) == file_sha256(single)  # single-file models: unchanged
+
+    path = models / "inside.onnx"
+    external_data_model(path, location="weights/conv.bin")
+    before = model_sha256(path)
+    assert before != file_sha256(path)
+    image = tmp_path / "img.fits"
+    fits.PrimaryHDU(np.random.default_rng(1).random((64, 64), np.float32)).writeto(image)
+    out = tmp_path / "out.zarr"
+    first = invoke("run", image, "--model", path, "--out", out, "--tile", 64, "--device", "cpu")
+    assert first.exit_code == 0, first.output
+    blob = models / "weights" / "conv.bin"
+    data = bytearray(blob.read_bytes())
+    data[:4] = np.float32(0.5).tobytes()  # new weights, same graph file
+    blob.write_bytes(bytes(data))
+    assert model_sha256(path) != before
+    again = invoke("run", image, "--model", path, "--out", out, "--tile", 64, "--device", "cpu")
+    assert "another configuration" in error_line(again)

@@ -297,10 +297,12 @@ def process_unit(task: UnitTask) -> UnitResult:
             return np.asarray(s.run([o], {i: x})[0])
 
         ch = list(channels)
+        # all bands in order (the common single-model case): a view, not a copy
+        own = pixels if ch == list(range(pixels.shape[0])) else pixels[ch]
         head = head_for(job.meta)
         region = infer_region(job.geometry, unit, source.shape)
         acc, n = infer_unit(
-            pixels[ch], (ry0, rx0), region, job.meta, job.geometry, run,
+            own, (ry0, rx0), region, job.meta, job.geometry, run,
             batch=batch, fixed_batch=fixed,
         )
         n_patches += n
@@ -310,7 +312,7 @@ def process_unit(task: UnitTask) -> UnitResult:
         mask, prob = head.finish(inner_acc, nodata)
         view = UnitView(
             unit=unit, image_shape=source.shape, region=region,
-            acc=acc if region != unit else inner_acc, mask=mask, pixels=pixels[ch],
+            acc=acc if region != unit else inner_acc, mask=mask, pixels=own,
             origin=(ry0, rx0), context=job.geometry.context, positions=task.positions,
             run=run, batch=batch, fixed_batch=fixed,
         )

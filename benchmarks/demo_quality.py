@@ -48,8 +48,8 @@ def galaxy(seeds: list[int], size: int) -> list[tuple[str, str]]:
     return rows
 
 
-def segment(seeds: list[int], size: int) -> list[tuple[str, str]]:
-    """Pixel IoU per class of demo_segment against the truth mask."""
+def segment_iou(seeds: list[int], size: int) -> dict[str, float]:
+    """Pixel IoU per class of demo_segment against the truth mask, over ``seeds``."""
     sess, meta = _session("demo_segment")
     inter = np.zeros(len(SKY_CLASSES))
     union = np.zeros(len(SKY_CLASSES))
@@ -62,8 +62,12 @@ def segment(seeds: list[int], size: int) -> list[tuple[str, str]]:
         for k in range(len(SKY_CLASSES)):
             inter[k] += np.sum((pred == k) & (mask == k) & valid)
             union[k] += np.sum(((pred == k) | (mask == k)) & valid)
-    return [(f"segment: IoU {name}", f"{inter[k] / union[k]:.3f}")
-            for k, name in enumerate(SKY_CLASSES)]
+    return {name: float(inter[k] / union[k]) for k, name in enumerate(SKY_CLASSES)}
+
+
+def segment(seeds: list[int], size: int) -> list[tuple[str, str]]:
+    """Pixel IoU per class of demo_segment against the truth mask (table rows)."""
+    return [(f"segment: IoU {name}", f"{v:.3f}") for name, v in segment_iou(seeds, size).items()]
 
 
 def craters(seeds: list[int], size: int) -> list[tuple[str, str]]:

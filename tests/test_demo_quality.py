@@ -64,21 +64,9 @@ def test_demo_segment_model_keeps_its_measured_iou() -> None:
     # why): a regression guard at the level the bundled segmenter reached on seeds 1-6
     # (0.640 / 0.632 / 0.611 / 0.959), so a retrained or broken model cannot slip back to
     # the previous one's 0.55 / 0.46 / 0.36 / 0.88 unnoticed.
-    from cnnpipe.testing.sky import SKY_CLASSES, make_sky_catalog, render_sky_window
+    from benchmarks.demo_quality import segment_iou
 
-    sess, meta = _session("demo_segment")
-    inter = np.zeros(len(SKY_CLASSES))
-    union = np.zeros(len(SKY_CLASSES))
-    for seed in range(1, 7):
-        cat = make_sky_catalog(1024, seed=seed, bands=("r",))
-        img, truth = render_sky_window(cat, 0, 0, cat.shape)
-        x = normalise(img[None, None], meta.normalisation)
-        pred = sess.run(None, {sess.get_inputs()[0].name: x})[0][0].argmax(0)
-        valid = truth != 255
-        for k in range(len(SKY_CLASSES)):
-            inter[k] += np.sum((pred == k) & (truth == k) & valid)
-            union[k] += np.sum(((pred == k) | (truth == k)) & valid)
-    iou = dict(zip(SKY_CLASSES, inter / union))
+    iou = segment_iou(list(range(1, 7)), 1024)
     assert iou["star"] >= 0.6, iou
     assert iou["disk"] >= 0.6, iou
     assert iou["spheroid"] >= 0.55, iou

@@ -18,8 +18,9 @@ Layout::
     OUT.zarr.lock                  exclusive lock of the running job (next to the store)
 
 A work unit is one chunk of every output array, so each task writes whole chunks that no
-other task touches, then its own ledger chunk.  Empty chunks are not written
-(``write_empty_chunks=False``); the ledger, never chunk presence, says what is done.
+other task touches, then its own ledger chunk.  Blank units write no chunks, and a
+written unit's chunks are stored without zarr's all-fill check; the ledger, never chunk
+presence, says what is done.
 The blocking helpers here are small sync functions the Dask layer only schedules.
 """
 
@@ -506,8 +507,10 @@ def _codec() -> Any:
 
 
 def _open(store: str, path: str, *, write_empty_chunks: bool = False) -> Any:
-    return zarr.open_array(store, path=path, mode="r+",
-                           config={"write_empty_chunks": write_empty_chunks})
+    # with_config, not open_array(config=...): zarr ignores ``config`` when it opens an
+    # existing array (zarr-python #2931)
+    return zarr.open_array(store, path=path, mode="r+").with_config(
+        {"write_empty_chunks": write_empty_chunks})
 
 
 def write_unit(

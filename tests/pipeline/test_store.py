@@ -215,3 +215,20 @@ def test_header_cards_round_trip_the_wcs(tmp_path: Path) -> None:
     h = store_header(store.path, "img")
     assert h["OBJECT"] == "COSMOS"
     assert h["EXPTIME"] == 30.0
+
+
+def test_unit_writes_store_every_chunk_without_inspecting_it(tmp_path: Path) -> None:
+    """A written unit's chunks are stored as given, even when they equal the fill value.
+
+    Workers only write units that have data, so zarr's check for all-fill chunks (a
+    NaN-aware comparison of the whole float16 chunk on zarr's one I/O thread) is pure
+    cost; write_unit turns it off.  zarr.open_array ignores ``config`` for an existing
+    array (zarr-python #2931), which left the check on; this catches that.
+    """
+    store = _store(tmp_path)
+    mask = np.full((32, 32), 255, np.uint8)
+    prob = np.full((3, 32, 32), np.nan, np.float16)
+    write_unit(store.path, "img", "seg", y0=0, x0=0, mask=mask, prob=prob)
+    base = tmp_path / "out.zarr" / "images" / "img" / "seg"
+    assert (base / "mask" / "c" / "0" / "0").is_file()
+    assert (base / "prob" / "c" / "0" / "0" / "0").is_file()

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cnnpipe.errors import ConfigError, ExportError, ModelError, ParityError
+from cnnpipe.export.graphopt import optimise_graph
 from cnnpipe.export.precision import Precision, make_variant
 from cnnpipe.export.validate import (
     Agreement,
@@ -324,6 +325,7 @@ def finish_package(
     """
     precision = Precision(precision)
     limits = limits or VariantLimits()
+    model, rewrites = _rewrite(model, inputs)
     checks: list[Agreement] = []
     written = model
     if precision is not Precision.FP32:
@@ -358,11 +360,41 @@ def finish_package(
                 raise ParityError(msg)
     prov = dict(meta.provenance)
     prov["precision"] = precision.value
+    if rewrites:
+        prov["graph_rewrites"] = rewrites
     if checks:
         prov["variant_agreement"] = {c.label: c.to_dict() for c in checks}
     meta = meta.replace(provenance=prov)
     size = save_package(written, meta, out)
     return meta, size, checks
+
+
+#: largest output difference an exact graph rewrite may cause (float32 rounding only)
+REWRITE_TOLERANCE = 1e-5
+
+
+def _rewrite(
+    model: Any, inputs: Sequence[tuple[str, npt.NDArray[np.float32]]]
+) -> tuple[Any, dict[str, int]]:
+    """The fp32 model with :func:`~cnnpipe.export.graphopt.optimise_graph` applied.
+
+    The rewrites are exact; the outputs are checked on ``inputs`` anyway, so that a
+    rewrite bug can never ship a model that computes something else.
+    """
+    fast, rewrites = optimise_graph(model)
+    if not rewrites:
+        return model, {}
+    check_onnx(fast, what="the rewritten fp32 model")
+    before, after = ort_session(model), ort_session(fast)
+    for label, x in inputs:
+        diff = float(np.max(np.abs(run_session(before, x) - run_session(after, x))))
+        if not diff <= REWRITE_TOLERANCE:
+            msg = (
+                f"Graph rewrite {sorted(rewrites)} changed the outputs on {label} by "
+                f"{diff:.3g} (limit {REWRITE_TOLERANCE:g}): a cnnpipe bug; please report it."
+            )
+            raise ExportError(msg)
+    return fast, rewrites
 
 
 def agreement_fail(a: Agreement, *, what: str) -> None:

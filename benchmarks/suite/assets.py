@@ -81,12 +81,14 @@ def make_unet(folder: Path) -> UNet:
     """Build the torch U-Net, save its checkpoint, export it with ``cnnpipe export``.
 
     An fp32 package already in ``folder`` with the same weights (``weights_sha256``)
-    is reused.
+    and nothing left for today's graph rewrites is reused.
     """
+    import onnx
     import torch
 
     from cnnpipe.export.architectures import segment_unet
     from cnnpipe.export.build import state_dict_sha256
+    from cnnpipe.export.graphopt import optimise_graph
     from cnnpipe.modelmeta import read_model_meta
     from cnnpipe.testing.sky import SKY_CLASSES
 
@@ -114,7 +116,10 @@ def make_unet(folder: Path) -> UNet:
     torch.save(module.state_dict(), ckpt)
     fp32 = folder / f"{NAME}_fp32.onnx"
     sha = state_dict_sha256(module)
-    reused = fp32.exists() and read_model_meta(fp32).weights_sha256 == sha
+    # reuse a package of these weights only if today's exporter would write the same
+    # graph (a package from before a graph rewrite existed is exported again)
+    reused = (fp32.exists() and read_model_meta(fp32).weights_sha256 == sha
+              and not optimise_graph(onnx.load(str(fp32)))[1])
     t0 = time.perf_counter()
     if not reused:
         log(f"exporting {fp32.name} with cnnpipe export ({weights.split(':')[0]}) ...")

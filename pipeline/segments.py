@@ -3,7 +3,8 @@
 Pure numpy and scipy; no I/O.  A segment catalog is built in two steps:
 
 1. per work unit, :func:`unit_components` labels the unit's class mask (8-connectivity,
-   one labelling per class > 0; mask value 255 = no data is never a class) and sums
+   per class > 0; mask value 255 = no data is never a class; the foreground is labelled
+   once and only its multi-class components again, class by class) and sums
    the moments of every component: area, sum of x, sum of y, bounding box, sum of the
    probability of each class, flags; and it records which component each pixel on the
    unit's four edges belongs to;
@@ -95,62 +96,116 @@ def unit_components(
     h, w = mask.shape
     y0, x0 = origin
     ny, nx = image_shape
-    labels = np.zeros((h, w), dtype=np.int32)
-    lab = np.empty((h, w), dtype=np.int32)
-    classes: list[I64] = []
-    n = 0
-    # the mask is normally the argmax of probs, classes 1 .. C - 1: a uint8 compare per
-    # class is cheaper than finding the values present (np.unique, bincount)
-    nc = probs.shape[0] if probs is not None else NODATA
-    if nc < NODATA and np.count_nonzero(mask < nc) + np.count_nonzero(mask == NODATA) == h * w:
-        candidates: Sequence[int] = range(1, nc)
-    else:
-        candidates = [int(c) for c in np.unique(mask)]
-    for c in candidates:
-        if c == 0 or c == NODATA:
-            continue
-        sel = mask == c
-        if not sel.any():
-            continue
-        k = ndimage.label(sel, structure=_EIGHT, output=lab)
-        on = lab > 0
-        lab += n
-        np.copyto(labels, lab, where=on)
-        classes.append(np.full(k, int(c), dtype=np.int64))
-        n += k
-    # Moments over labelled pixels only: sources cover a small part of a sky unit, and
-    # full-unit bincounts dominated the task's post-processing time.
-    where = np.flatnonzero(labels)
-    flat = labels.ravel()[where]
+    where, comp, classes, n = _label_classes(mask)
     yy, xx = np.divmod(where, w)
-    area = np.bincount(flat, minlength=n + 1)[1:].astype(np.int64)
+    area = np.bincount(comp, minlength=n + 1)[1:].astype(np.int64)
     out: dict[str, npt.NDArray[np.generic]] = {
-        "class_id": np.concatenate(classes) if classes else np.zeros(0, np.int64),
+        "class_id": classes,
         "area": area,
-        "sum_x": np.bincount(flat, weights=xx + x0, minlength=n + 1)[1:].astype(np.int64),
-        "sum_y": np.bincount(flat, weights=yy + y0, minlength=n + 1)[1:].astype(np.int64),
+        "sum_x": np.bincount(comp, weights=xx + x0, minlength=n + 1)[1:].astype(np.int64),
+        "sum_y": np.bincount(comp, weights=yy + y0, minlength=n + 1)[1:].astype(np.int64),
     }
-    boxes = ndimage.find_objects(labels, max_label=n) if n else []
-    out["ymin"] = np.array([b[0].start + y0 for b in boxes], dtype=np.int64)
-    out["ymax"] = np.array([b[0].stop - 1 + y0 for b in boxes], dtype=np.int64)
-    out["xmin"] = np.array([b[1].start + x0 for b in boxes], dtype=np.int64)
-    out["xmax"] = np.array([b[1].stop - 1 + x0 for b in boxes], dtype=np.int64)
+    big = np.iinfo(np.int64).max
+    lo_y, hi_y = np.full(n + 1, big, np.int64), np.full(n + 1, -1, np.int64)
+    lo_x, hi_x = np.full(n + 1, big, np.int64), np.full(n + 1, -1, np.int64)
+    np.minimum.at(lo_y, comp, yy)
+    np.maximum.at(hi_y, comp, yy)
+    np.minimum.at(lo_x, comp, xx)
+    np.maximum.at(hi_x, comp, xx)
+    out["ymin"], out["ymax"] = lo_y[1:] + y0, hi_y[1:] + y0
+    out["xmin"], out["xmax"] = lo_x[1:] + x0, hi_x[1:] + x0
     if probs is not None:
         for k in range(probs.shape[0]):
             pk = np.asarray(probs[k]).ravel()[where].astype(np.float64)
-            out[f"psum_{k}"] = np.bincount(flat, weights=pk, minlength=n + 1)[1:]
+            out[f"psum_{k}"] = np.bincount(comp, weights=pk, minlength=n + 1)[1:]
     ring = nodata_ring if nodata_ring is not None else np.pad(mask == NODATA, 1)
     if ring.any():
         near = ndimage.binary_dilation(ring, structure=_EIGHT)[1:-1, 1:-1].ravel()[where]
-        masked = np.bincount(flat, weights=near, minlength=n + 1)[1:] > 0
+        masked = np.bincount(comp, weights=near, minlength=n + 1)[1:] > 0
     else:
         masked = np.zeros(n, dtype=bool)
     edge = ((out["ymin"] == 0) | (out["xmin"] == 0) | (out["ymax"] == ny - 1)
             | (out["xmax"] == nx - 1))
     out["flags"] = (masked * FLAG_MASKED | edge * FLAG_EDGE).astype(np.uint8)
-    for name, line in zip(EDGES, (labels[0], labels[-1], labels[:, 0], labels[:, -1])):
-        out[name] = line.astype(np.int64) - 1
+    cols, rows = np.arange(w, dtype=np.int64), np.arange(h, dtype=np.int64) * w
+    for name, line in zip(EDGES, (cols, cols + (h - 1) * w, rows, rows + (w - 1))):
+        out[name] = _component_at(line, where, comp) - 1
     return out
+
+
+def _component_at(flat: I64, where: I64, comp: I64) -> I64:
+    """Component (1-based, 0 = none) of the pixels at flat indices ``flat``."""
+    pos = np.minimum(np.searchsorted(where, flat), max(where.size - 1, 0))
+    if where.size == 0:
+        return np.zeros(flat.size, np.int64)
+    return np.where(where[pos] == flat, comp[pos], 0).astype(np.int64)
+
+
+def _label_classes(
+    mask: npt.NDArray[np.uint8],
+) -> tuple[I64, I64, I64, int]:
+    """8-connected components of each class of ``mask`` (every value but 0 and NODATA).
+
+    Labels the foreground once; only the foreground components that hold several
+    classes are labelled again, class by class, inside their bounding boxes (a
+    component of one class never leaves the foreground component holding it).  Much
+    cheaper than one whole-unit labelling per class when sources cover a small part of
+    the unit.
+
+    Returns
+    -------
+    where : (m,) int64
+        Flat indices of the foreground pixels, ascending.
+    comp : (m,) int64
+        Component of each of them, 1..n, numbered as labelling each class in turn
+        would: by class, then by the raster position of the component's first pixel.
+    classes : (n,) int64
+        Class of each component.
+    n : int
+    """
+    h, w = mask.shape
+    fg = (mask != 0) & (mask != NODATA)
+    lab, k = ndimage.label(fg, structure=_EIGHT)
+    where = np.flatnonzero(fg).astype(np.int64)
+    if k == 0:
+        return where, np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    comp = lab.ravel()[where].astype(np.int64)
+    cls = mask.ravel()[where]
+    lo = np.full(k + 1, NODATA, np.uint8)
+    hi = np.zeros(k + 1, np.uint8)
+    np.minimum.at(lo, comp, cls)
+    np.maximum.at(hi, comp, cls)
+    comp_class = lo.astype(np.int64)
+    mixed = np.flatnonzero(lo[1:] != hi[1:]) + 1
+    if mixed.size:
+        yy, xx = np.divmod(where, w)
+        box = np.zeros((4, k + 1), np.int64)
+        box[0] = box[2] = h + w
+        np.minimum.at(box[0], comp, yy)
+        np.maximum.at(box[1], comp, yy)
+        np.minimum.at(box[2], comp, xx)
+        np.maximum.at(box[3], comp, xx)
+        extra = [comp_class]
+        nxt = k + 1
+        for m in mixed:
+            sy = slice(int(box[0, m]), int(box[1, m]) + 1)
+            sx = slice(int(box[2, m]), int(box[3, m]) + 1)
+            inside = lab[sy, sx] == m
+            sub_mask = mask[sy, sx]
+            for c in np.unique(sub_mask[inside]):
+                sub, ks = ndimage.label(inside & (sub_mask == c), structure=_EIGHT)
+                py, px = np.nonzero(sub)
+                idx = (py + sy.start) * w + (px + sx.start)
+                comp[np.searchsorted(where, idx)] = sub[py, px] + (nxt - 1)
+                extra.append(np.full(ks, int(c), np.int64))
+                nxt += ks
+        comp_class = np.concatenate(extra)
+    # renumber 1..n by (class, first pixel): the order of one labelling per class
+    ids, first = np.unique(comp, return_index=True)
+    order = np.lexsort((where[first], comp_class[ids]))
+    new_id = np.zeros(comp_class.size, np.int64)
+    new_id[ids[order]] = np.arange(1, ids.size + 1)
+    return where, new_id[comp], comp_class[ids[order]], int(ids.size)
 
 
 @dataclass(frozen=True, kw_only=True)

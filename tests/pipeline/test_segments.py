@@ -87,3 +87,53 @@ def test_diagonal_join_across_a_unit_corner_and_empty_units() -> None:
     rows = tiled_segments(mask, probs, 2, 2)
     assert [(r[0], r[1]) for r in rows] == [(1, 2), (2, 2)]
     assert join_components([], n_classes=2)["pmean_1"].shape == (0,)
+
+
+def per_class_components(mask: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Reference: one whole-unit ndimage.label per class value, classes ascending."""
+    rows: list[tuple] = []
+    edge_ids = {k: np.full(n, -1, np.int64) for k, n in
+                (("edge_top", mask.shape[1]), ("edge_bottom", mask.shape[1]),
+                 ("edge_left", mask.shape[0]), ("edge_right", mask.shape[0]))}
+    for c in np.unique(mask):
+        if c in (0, NODATA):
+            continue
+        lab, n = ndimage.label(mask == c, structure=EIGHT)
+        for k in range(1, n + 1):
+            yy, xx = np.nonzero(lab == k)
+            i = len(rows)
+            for name, line in (("edge_top", lab[0]), ("edge_bottom", lab[-1]),
+                               ("edge_left", lab[:, 0]), ("edge_right", lab[:, -1])):
+                edge_ids[name][line == k] = i
+            rows.append((int(c), yy.size, int(xx.sum()), int(yy.sum()), yy.min(), yy.max(),
+                         xx.min(), xx.max(), *(float(probs[j, yy, xx].sum())
+                                              for j in range(probs.shape[0]))))
+    cols = list(zip(*rows)) if rows else [()] * (8 + probs.shape[0])
+    names = ["class_id", "area", "sum_x", "sum_y", "ymin", "ymax", "xmin", "xmax",
+             *(f"psum_{j}" for j in range(probs.shape[0]))]
+    out = {n: np.asarray(v) for n, v in zip(names, cols)}
+    out.update(edge_ids)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**32 - 1),
+       st.integers(1, 7), st.floats(0.0, 0.3), st.booleans())
+def test_unit_components_rows_and_order_equal_one_labelling_per_class(
+    ny: int, nx: int, seed: int, n_values: int, p_nodata: float, high: bool
+) -> None:
+    """Same rows, same order, same edge arrays as labelling each class separately
+    (fragments of earlier runs and the merge depend on that order)."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.uniform_filter(rng.normal(size=(ny, nx)), 2)
+    mask = np.digitize(field, np.quantile(field, np.linspace(0, 1, n_values + 1)[1:-1]))
+    mask = mask.astype(np.uint8) * (37 if high else 1)  # class values beyond the probs too
+    mask[rng.random((ny, nx)) < p_nodata] = NODATA
+    probs = rng.random((3, ny, nx))
+    got = unit_components(mask, origin=(0, 0), image_shape=(ny, nx), probs=probs)
+    ref = per_class_components(mask, probs)
+    for name, want in ref.items():
+        if name.startswith("psum_"):
+            np.testing.assert_allclose(got[name], want, rtol=1e-12, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], want, err_msg=name)

@@ -24,10 +24,13 @@ What is measured
    * the engine's own compute path in this process (``infer_unit`` + ``head.finish``
      with the engine's cached session and options; no Dask, no FITS read, no Zarr);
    * ``cnnpipe run`` on an already running local cluster of the embedded shape
-     (``--scheduler``; session already cached on the worker by an untimed warm-up run);
+     (``--scheduler``; session already cached on the worker by an untimed warm-up run;
+     the cluster is up only while this row runs);
    * ``cnnpipe run`` end to end (``run(RunConfig)``, embedded cluster): model checks,
-     planning, store creation, cluster start and stop, FITS reads, inference, stitching,
-     Zarr writes, ledger.  Cluster start and stop are also timed on their own.
+     planning, store creation, cluster start and stop, session creation (the process's
+     session cache is cleared before every run), FITS reads, inference, stitching,
+     Zarr writes, ledger; after one untimed run that imports the worker-side modules.
+     Cluster start and stop are also timed on their own.
 2. Peak resident memory of ``cnnpipe run`` (CLI in a subprocess) for two image sizes:
    RSS of the whole process tree (client, scheduler and nannies in the client process,
    every worker process), sampled every ``--sample-ms``; the peak of the sum.
@@ -96,7 +99,7 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
     from cnnpipe.pipeline.execute import cluster_plan, connect
     from cnnpipe.pipeline.heads import head_for
     from cnnpipe.pipeline.runner import prepare, run
-    from cnnpipe.pipeline.worker import SessionSpec, get_session, infer_unit
+    from cnnpipe.pipeline.worker import SessionSpec, clear_sessions, get_session, infer_unit
 
     cores = os.cpu_count() or 1
     store = work / "throughput.zarr"
@@ -224,6 +227,9 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
     alt = replace(cfg, threads=cores, ort_threads=1)
 
     def cnnpipe_e2e(c: RunConfig = cfg) -> tuple[float, dict[str, float]]:
+        # the in-process worker would otherwise reuse the session cached by the run
+        # before: every end-to-end run creates its session, as a new `cnnpipe run` does
+        clear_sessions()
         col = Collector()
         t = time.perf_counter()
         summary = run(c, reporter=col)
@@ -252,48 +258,53 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
         noise.setdefault(key, []).append(others)
         return out
 
-    def warm_run() -> dict[str, float]:
+    def warm_run(wcfg: RunConfig) -> dict[str, float]:
         col = Collector()
         run(wcfg, reporter=col)
         return col.breakdown()
 
-    # The running cluster stays up through every repetition so that all rows are measured
-    # interleaved (a shared machine's noise then hits them alike); idle, it costs ~nothing.
-    log("throughput: starting a cluster of the embedded shape for the running-cluster row")
-    with LocalCluster(n_workers=cp.workers, threads_per_worker=cp.threads, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
-        wcfg = replace(cfg, scheduler=cluster.scheduler_address, ort_threads=cp.ort_threads,
-                       out=str(work / "warmup.zarr"))
-        run(wcfg)  # caches the session (and the FITS handle) on that worker
-        wcfg = replace(wcfg, out=str(store))
-        for r in range(reps):
-            log(f"throughput rep {r + 1}/{reps} (waited for quiet so far: "
-                 f"{meter.waited_s:.0f} s)")
-            measure("bare", bare_run)
-            measure("bare_nospin", lambda: bare_run(nospin))
-            measure("bare_streams", bare_streams)
-            measure("bare_norm", bare_norm)
-            measure("engine_inproc", engine_inproc)
-            if has_catalog:
-                measure("engine_inproc_cat", lambda: engine_inproc(catalog=True))
-            warm_parts.append(measure("warm", warm_run))
-            e2e_parts.append(measure("e2e", cnnpipe_e2e)[1])
-            up, down = measure("cluster", cluster_cost)
-            rows.setdefault("start", []).append(up)
-            rows.setdefault("stop", []).append(down)
-            measure("prepare", lambda: prepare(cfg))
-            measure("e2e_alt", lambda: cnnpipe_e2e(alt))
-        log("throughput: stage breakdown of the engine's compute path (in-process)")
-        breakdowns = []
-        for _ in range(2):
-            meter.wait_quiet()
-            mark = cpu_mark()
-            bd = stage_breakdown()
-            breakdowns.append((sum(v[0] for v in bd.values()), others_cores(mark), bd))
-            bare_cpu = time.process_time()
-            bare_wall = timed(bare_run)
-            bd["(bare onnxruntime, for reference)"] = [bare_wall,
-                                                       time.process_time() - bare_cpu]
+    def running_cluster_row() -> None:
+        # The running cluster is up only for its own row: on a 2-core machine an idle
+        # scheduler, nanny and worker cost the rows beside it 1-8 % (measured).
+        with LocalCluster(n_workers=cp.workers, threads_per_worker=cp.threads,
+                          processes=True, dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster:
+            wcfg = replace(cfg, scheduler=cluster.scheduler_address,
+                           ort_threads=cp.ort_threads, out=str(work / "warmup.zarr"))
+            run(wcfg)  # caches the session (and the FITS handle) on that worker, untimed
+            wcfg = replace(wcfg, out=str(store))
+            warm_parts.append(measure("warm", lambda: warm_run(wcfg)))
+
+    log("throughput: untimed end-to-end warm-up run (imports of the worker side)")
+    cnnpipe_e2e()
+    for r in range(reps):
+        log(f"throughput rep {r + 1}/{reps} (waited for quiet so far: "
+             f"{meter.waited_s:.0f} s)")
+        measure("bare", bare_run)
+        measure("bare_nospin", lambda: bare_run(nospin))
+        measure("bare_streams", bare_streams)
+        measure("bare_norm", bare_norm)
+        measure("engine_inproc", engine_inproc)
+        if has_catalog:
+            measure("engine_inproc_cat", lambda: engine_inproc(catalog=True))
+        running_cluster_row()
+        e2e_parts.append(measure("e2e", cnnpipe_e2e)[1])
+        up, down = measure("cluster", cluster_cost)
+        rows.setdefault("start", []).append(up)
+        rows.setdefault("stop", []).append(down)
+        measure("prepare", lambda: prepare(cfg))
+        measure("e2e_alt", lambda: cnnpipe_e2e(alt))
+    log("throughput: stage breakdown of the engine's compute path (in-process)")
+    breakdowns = []
+    for _ in range(2):
+        meter.wait_quiet()
+        mark = cpu_mark()
+        bd = stage_breakdown()
+        breakdowns.append((sum(v[0] for v in bd.values()), others_cores(mark), bd))
+        bare_cpu = time.process_time()
+        bare_wall = timed(bare_run)
+        bd["(bare onnxruntime, for reference)"] = [bare_wall,
+                                                   time.process_time() - bare_cpu]
     rm(store, work / "warmup.zarr")
     rows.pop("cluster")
     rows["e2e_minus_cluster"] = [

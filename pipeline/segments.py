@@ -4,7 +4,7 @@ Pure numpy and scipy; no I/O.  A segment catalog is built in two steps:
 
 1. per work unit, :func:`unit_components` labels the unit's class mask (8-connectivity,
    per class > 0; mask value 255 = no data is never a class; the foreground is labelled
-   once and only its multi-class components again, class by class) and sums
+   once and only its multi-class components are split by class) and sums
    the moments of every component: area, sum of x, sum of y, bounding box, sum of the
    probability of each class, flags; and it records which component each pixel on the
    unit's four edges belongs to;
@@ -141,16 +141,49 @@ def _component_at(flat: I64, where: I64, comp: I64) -> I64:
     return np.where(where[pos] == flat, comp[pos], 0).astype(np.int64)
 
 
+def _same_class_components(
+    idx: I64, cls: npt.NDArray[np.uint8], *, h: int, w: int
+) -> tuple[I64, I64]:
+    """8-connected components of equal class among the pixels at flat indices ``idx``.
+
+    A union-find over the pixel graph (:func:`scipy.sparse.csgraph.connected_components`
+    of the pairs of 8-neighbours of one class), so its cost follows the number of pixels,
+    not the size of their bounding boxes (a trail across a unit is one long box).
+
+    Returns
+    -------
+    label : (m,) int64
+        Component of each pixel, 0-based.
+    classes : (n,) int64
+        Class of each component.
+    """
+    m = idx.size
+    y, x = np.divmod(idx, w)
+    rows, cols = [], []
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each neighbour pair once
+        ok = (y + dy < h) & (x + dx >= 0) & (x + dx < w)
+        nb = idx + dy * w + dx
+        pos = np.minimum(np.searchsorted(idx, nb), m - 1)
+        ok &= (idx[pos] == nb) & (cls[pos] == cls)
+        rows.append(np.flatnonzero(ok))
+        cols.append(pos[ok])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(r.size, np.int8), (r, c)), shape=(m, m))
+    n, label = connected_components(graph, directed=False)
+    classes = np.zeros(n, np.int64)
+    classes[label] = cls
+    return label.astype(np.int64), classes
+
+
 def _label_classes(
     mask: npt.NDArray[np.uint8],
 ) -> tuple[I64, I64, I64, int]:
     """8-connected components of each class of ``mask`` (every value but 0 and NODATA).
 
-    Labels the foreground once; only the foreground components that hold several
-    classes are labelled again, class by class, inside their bounding boxes (a
-    component of one class never leaves the foreground component holding it).  Much
-    cheaper than one whole-unit labelling per class when sources cover a small part of
-    the unit.
+    Labels the foreground once; only the pixels of foreground components that hold
+    several classes are split further, by :func:`_same_class_components` (a component
+    of one class never leaves the foreground component holding it).  Much cheaper than
+    one whole-unit labelling per class when sources cover a small part of the unit.
 
     Returns
     -------
@@ -178,28 +211,12 @@ def _label_classes(
     comp_class = lo.astype(np.int64)
     mixed = np.flatnonzero(lo[1:] != hi[1:]) + 1
     if mixed.size:
-        yy, xx = np.divmod(where, w)
-        box = np.zeros((4, k + 1), np.int64)
-        box[0] = box[2] = h + w
-        np.minimum.at(box[0], comp, yy)
-        np.maximum.at(box[1], comp, yy)
-        np.minimum.at(box[2], comp, xx)
-        np.maximum.at(box[3], comp, xx)
-        extra = [comp_class]
-        nxt = k + 1
-        for m in mixed:
-            sy = slice(int(box[0, m]), int(box[1, m]) + 1)
-            sx = slice(int(box[2, m]), int(box[3, m]) + 1)
-            inside = lab[sy, sx] == m
-            sub_mask = mask[sy, sx]
-            for c in np.unique(sub_mask[inside]):
-                sub, ks = ndimage.label(inside & (sub_mask == c), structure=_EIGHT)
-                py, px = np.nonzero(sub)
-                idx = (py + sy.start) * w + (px + sx.start)
-                comp[np.searchsorted(where, idx)] = sub[py, px] + (nxt - 1)
-                extra.append(np.full(ks, int(c), np.int64))
-                nxt += ks
-        comp_class = np.concatenate(extra)
+        is_mixed = np.zeros(k + 1, dtype=bool)
+        is_mixed[mixed] = True
+        sel = np.flatnonzero(is_mixed[comp])
+        sub, sub_class = _same_class_components(where[sel], cls[sel], h=h, w=w)
+        comp[sel] = sub + (k + 1)
+        comp_class = np.concatenate([comp_class, sub_class])
     # renumber 1..n by (class, first pixel): the order of one labelling per class
     ids, first = np.unique(comp, return_index=True)
     order = np.lexsort((where[first], comp_class[ids]))

@@ -373,9 +373,15 @@ def quiet_logging() -> None:
 
 
 def run_cnnpipe(cfg: Any) -> dict[str, float]:
-    """``cnnpipe run`` in this process (``run(RunConfig)``); worker-side timing sums."""
-    from cnnpipe.pipeline.runner import run
+    """``cnnpipe run`` in this process (``run(RunConfig)``); worker-side timing sums.
 
+    The in-process worker's session cache is cleared first: every run creates its
+    onnxruntime session, as a new ``cnnpipe run`` process does.
+    """
+    from cnnpipe.pipeline.runner import run
+    from cnnpipe.pipeline.worker import clear_sessions
+
+    clear_sessions()
     col = Collector()
     summary = run(cfg, reporter=col)
     if summary.status != "complete":

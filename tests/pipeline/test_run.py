@@ -759,3 +759,29 @@ def test_argmax_classes_equals_numpy_argmax_with_ties_and_nan(classes: int) -> N
     got = argmax_classes(acc)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_slow_class_softmax_is_named_with_the_fix(
+    data: Data, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segmenter ending in Softmax(axis=1) gets a warning naming the re-export; the
+    same model written by `cnnpipe export --from-onnx` (softmax rewritten) and the
+    classifier (softmax over its last axis) do not."""
+    from cnnpipe.export.annotate import annotate_onnx
+    from cnnpipe.export.request import ExportRequest
+
+    seg = str(data.models["seg"])
+    with caplog.at_level(logging.WARNING, logger="cnnpipe.run"):
+        prepare(data.config(tmp_path / "a.zarr", models=(seg, str(data.models["morph"]))))
+    slow = [r.getMessage() for r in caplog.records if "Softmax over the class axis" in r.message]
+    assert len(slow) == 1
+    assert slow[0].startswith(f"{seg}: ")
+    assert f"--from-onnx {seg} --out NEW.onnx" in slow[0]
+    fast = tmp_path / "fast.onnx"
+    annotate_onnx(ExportRequest(from_onnx=data.models["seg"], out=fast, task="segment",
+                                bands=("r",), classes=("background", "star", "galaxy")),
+                  log=lambda _: None)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnpipe.run"):
+        prepare(data.config(tmp_path / "b.zarr", models=(str(fast),)))
+    assert not [r for r in caplog.records if "Softmax" in r.message]

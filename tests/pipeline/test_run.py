@@ -773,7 +773,7 @@ def test_a_slow_class_softmax_is_named_with_the_fix(
     seg = str(data.models["seg"])
     with caplog.at_level(logging.WARNING, logger="cnnpipe.run"):
         prepare(data.config(tmp_path / "a.zarr", models=(seg, str(data.models["morph"]))))
-    slow = [r.getMessage() for r in caplog.records if "Softmax over the class axis" in r.message]
+    slow = [m for m in caplog.messages if "Softmax over the class axis" in m]
     assert len(slow) == 1
     assert slow[0].startswith(f"{seg}: ")
     assert f"--from-onnx {seg} --out NEW.onnx" in slow[0]
@@ -784,4 +784,4 @@ def test_a_slow_class_softmax_is_named_with_the_fix(
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cnnpipe.run"):
         prepare(data.config(tmp_path / "b.zarr", models=(str(fast),)))
-    assert not [r for r in caplog.records if "Softmax" in r.message]
+    assert not [m for m in caplog.messages if "Softmax" in m]

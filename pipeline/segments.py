@@ -135,9 +135,9 @@ def unit_components(
 
 def _component_at(flat: I64, where: I64, comp: I64) -> I64:
     """Component (1-based, 0 = none) of the pixels at flat indices ``flat``."""
-    pos = np.minimum(np.searchsorted(where, flat), max(where.size - 1, 0))
     if where.size == 0:
         return np.zeros(flat.size, np.int64)
+    pos = np.minimum(np.searchsorted(where, flat), where.size - 1)
     return np.where(where[pos] == flat, comp[pos], 0).astype(np.int64)
 
 

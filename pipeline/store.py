@@ -501,8 +501,8 @@ def _codec() -> Any:
     core is already running onnxruntime.  Measured on this project's 2-core benchmark
     machine for one 5 x 2048² float16 probability chunk of the demo segmenter: Blosc
     LZ4 + shuffle 49 ms, 19.4 MB; Zstandard level 1 93 ms, 16.2 MB; zarr's default
-    (zstd level 3) 0.24 s; uncompressed 42 MB.  LZ4 made ``cnnpipe run`` ~5 % faster end
-    to end for 20 % more bytes of probabilities (README "Settings").  Blosc is one of
+    (zstd level 3) 0.24 s; uncompressed 42 MB.  LZ4 made ``cnnpipe run`` 1.5-5 % faster
+    end to end for 20 % more bytes of probabilities (README "Settings").  Blosc is one of
     Zarr v3's core codecs: every Zarr reader decodes it.
     """
     from zarr.codecs import BloscCodec

@@ -55,6 +55,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     default=Path(tempfile.gettempdir()) / "cnnpipe-bench-suite",
                     help="scratch folder (images, stores, exported models)")
     ap.add_argument("--reps", type=int, help="interleaved repetitions per timing [3; quick 2]")
+    ap.add_argument("--a-reps", type=int,
+                    help="interleaved repetitions of section a [5; quick 1]")
     ap.add_argument("--size", type=int, help="image side of a, b, c, f, g [4096; quick 1024]")
     ap.add_argument("--tile", type=int, help="work unit / chunk side [2048; quick 512]")
     ap.add_argument("--patch", type=int, help="patch side [512]")
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = _sections(a.only)
     mem = tuple(int(x) for x in a.mem_sizes.split(",")) if a.mem_sizes else None
     settings = Settings.for_mode(
-        quick=a.quick, reps=a.reps, size=a.size, tile=a.tile, patch=a.patch, batch=a.batch,
+        quick=a.quick, reps=a.reps, a_reps=a.a_reps, size=a.size, tile=a.tile,
+        patch=a.patch, batch=a.batch,
         gpu_batch=a.gpu_batch, gpu_size=a.gpu_size, mem_sizes=mem, io_size=a.io_size,
         plan_size=a.plan_size, quiet_cores=a.quiet_cores, quiet_budget=a.quiet_budget)
     t_all = time.perf_counter()

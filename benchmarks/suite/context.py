@@ -39,6 +39,8 @@ class Settings:
     #: image side of section h (a GPU needs a larger image than a CPU to be timed)
     gpu_size: int = 16384
     reps: int = 3
+    #: repetitions of section a (its ratio moved by 0.05 between 3-repetition runs)
+    a_reps: int = 5
     #: image sides of section d
     mem_sizes: tuple[int, ...] = (4096, 8192, 16384, 32768)
     #: image side of section e
@@ -53,7 +55,7 @@ class Settings:
     def for_mode(cls, *, quick: bool, **given: Any) -> Settings:
         """Defaults of the mode, overridden by the ``given`` values that are not None."""
         base = cls(
-            quick=True, size=1024, tile=512, gpu_batch=8, gpu_size=1024, reps=2,
+            quick=True, size=1024, tile=512, gpu_batch=8, gpu_size=1024, reps=2, a_reps=1,
             mem_sizes=(1024, 2048),
             io_size=2048, quiet_budget=0.0,
         ) if quick else cls()

@@ -39,9 +39,9 @@ def run_a(ctx: Context) -> dict[str, Any]:
 
     s, unet = ctx.settings, ctx.unet()
     image = ctx.sky(s.size)
-    # quick: one repetition; the issue-3 benchmark times ten rows and two breakdowns per rep
+    # the issue-3 benchmark times ten rows and two breakdowns per repetition
     tp = bench_throughput(str(unet.fp32), image, tile=s.tile, patch=s.patch, batch=s.batch,
-                          reps=1 if s.quick else s.reps, work=ctx.work, meter=ctx.meter)
+                          reps=s.a_reps, work=ctx.work, meter=ctx.meter)
     return {"model": unet.fp32.name, "image": tp["image"], "settings": tp["settings"],
             "threads": tp["threads"], "reference": tp["reference"], "results": tp["results"],
             "worker_breakdown_e2e": tp["worker_breakdown_e2e"],

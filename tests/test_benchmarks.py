@@ -148,9 +148,12 @@ def test_targets_and_settings() -> None:
 
     quick = Settings.for_mode(quick=True, reps=3)
     assert (quick.size, quick.reps, quick.mem_sizes) == (1024, 3, (1024, 2048))
+    assert quick.a_reps == 1
     full = Settings.for_mode(quick=False)
     assert full.mem_sizes == (4096, 8192, 16384, 32768)
     assert full.size == 4096
+    assert (full.reps, full.a_reps, full.batch) == (3, 5, 4)
+    assert Settings.for_mode(quick=False, a_reps=7).a_reps == 7
     rows = targets({"e": {"error": "RuntimeError: boom"},
                     "h": {"run": False, "reason": "not run: no CUDA provider on this machine"},
                     "d": {"images": {"1024": {"peak_bytes": 100 * 2**20},

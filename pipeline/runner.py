@@ -20,7 +20,7 @@ import numpy as np
 
 from cnnpipe import __version__
 from cnnpipe.errors import InputError, ModelError, ModelMismatchError
-from cnnpipe.modelmeta import ModelMeta, Task, model_sha256, read_model_meta
+from cnnpipe.modelmeta import ModelMeta, Task, load_onnx, model_meta, model_sha256
 from cnnpipe.pipeline.catalogs import merge_catalogs
 from cnnpipe.pipeline.config import RunConfig, StoreMode
 from cnnpipe.pipeline.execute import (
@@ -114,15 +114,8 @@ class RunSummary:
 # -- preparation -----------------------------------------------------------------------
 
 
-def _check_graph(path: str, meta: ModelMeta) -> None:
-    """The ONNX graph's input/output names and static sizes agree with the metadata."""
-    import onnx
-
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as exc:
-        msg = f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})."
-        raise ModelError(msg) from None
+def _check_graph(path: str, meta: ModelMeta, model: Any) -> None:
+    """The graph ``model`` read from ``path`` agrees with the metadata (I/O, sizes)."""
     graph = model.graph
     inits = {i.name for i in graph.initializer}
     inputs = {i.name: i for i in graph.input if i.name not in inits}
@@ -218,8 +211,9 @@ def prepare(config: RunConfig) -> Prepared:
     model_bytes: dict[str, int] = {}
     for given in config.models:
         path = os.path.abspath(given)
-        meta = read_model_meta(path)
-        _check_graph(path, meta)
+        model = load_onnx(path)  # read once: metadata, graph checks and sha256 share it
+        meta = model_meta(model, path)
+        _check_graph(path, meta, model)
         if meta.name in model_bytes:
             msg = (
                 f"Two models are named {meta.name!r} ({path} and another --model); model "
@@ -230,7 +224,7 @@ def prepare(config: RunConfig) -> Prepared:
             msg = f"{path}: at most 255 classes fit a uint8 mask. Got {len(meta.output.classes)}."
             raise ModelError(msg)
         metas.append(meta)
-        jobs_raw.append((path, model_sha256(path), meta))
+        jobs_raw.append((path, model_sha256(path, model=model), meta))
         model_bytes[meta.name] = os.path.getsize(path)
 
     if config.catalog and not os.path.isfile(config.catalog):

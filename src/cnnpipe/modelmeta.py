@@ -33,6 +33,7 @@ __all__ = [
     "check_external_data",
     "file_sha256",
     "load_onnx",
+    "model_meta",
     "model_sha256",
     "read_model_meta",
 ]
@@ -346,7 +347,7 @@ def load_onnx(path: str | Path) -> Any:
     return model
 
 
-def model_sha256(path: str | Path) -> str:
+def model_sha256(path: str | Path, *, model: Any = None) -> str:
     """Hex SHA-256 identifying a model's weights: its file, plus its external-data files.
 
     For a single-file model (every package ``cnnpipe export`` writes) this is the SHA-256
@@ -355,12 +356,14 @@ def model_sha256(path: str | Path) -> str:
     data file in sorted order, so that replacing a data file changes the identity a
     store or a nightly ledger keeps (a resumed run never mixes weights).
 
+    ``model``: the graph already read by :func:`load_onnx` from ``path`` (not read again).
+
     Raises
     ------
     ModelError
         As :func:`load_onnx`.
     """
-    files = check_external_data(load_onnx(path), path)
+    files = check_external_data(load_onnx(path) if model is None else model, path)
     main = file_sha256(path)
     if not files:
         return main
@@ -472,8 +475,17 @@ def read_model_meta(path: str | Path) -> ModelMeta:
     ModelError
         The file is missing, not ONNX, or has no/invalid cnnpipe metadata.
     """
-    path = Path(path)
-    model = load_onnx(path)
+    return model_meta(load_onnx(path), path)
+
+
+def model_meta(model: Any, path: str | Path) -> ModelMeta:
+    """The ``cnnpipe`` metadata of a graph read by :func:`load_onnx` from ``path``.
+
+    Raises
+    ------
+    ModelError
+        No or invalid cnnpipe metadata (the message names ``path``).
+    """
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
         msg = (

@@ -38,7 +38,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Meter, code_state, log, machine, quiet_logging
+from benchmarks.common import REPO, Meter, auto_int, code_state, log, machine, quiet_logging
 from benchmarks.suite.context import SECTIONS, Context, Settings
 
 
@@ -59,8 +59,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="interleaved repetitions of section a [5; quick 1]")
     ap.add_argument("--size", type=int, help="image side of a, b, c, f, g [4096; quick 1024]")
     ap.add_argument("--tile", type=int, help="work unit / chunk side [2048; quick 512]")
-    ap.add_argument("--patch", type=int, help="patch side [512]")
-    ap.add_argument("--batch", type=int, help="patches per call on the CPU [4]")
+    ap.add_argument("--patch", type=auto_int, help="patch side, or auto [auto]")
+    ap.add_argument("--batch", type=auto_int, help="patches per call on the CPU, or auto [auto]")
     ap.add_argument("--gpu-batch", type=int, help="patches per call in h [32; quick 8]")
     ap.add_argument("--gpu-size", type=int, help="image side of h [16384; quick 1024]")
     ap.add_argument("--mem-sizes", help="image sides of d [4096,8192,16384,32768; quick "

@@ -7,6 +7,7 @@ resident memory of a process tree (:func:`peak_rss`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import os
@@ -28,6 +29,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # -- description and noise -------------------------------------------------------------
+
+
+def auto_int(text: str) -> int | None:
+    """argparse type of ``--patch`` / ``--batch``: ``auto`` (None) or a positive integer."""
+    if text.strip().lower() == "auto":
+        return None
+    value = int(text)
+    if value < 1:
+        msg = f"expected 'auto' or an integer >= 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def cli_value(value: int | None) -> str:
+    """``--patch`` / ``--batch`` value for a ``cnnpipe run`` command line."""
+    return "auto" if value is None else str(value)
 
 
 def log(msg: str) -> None:
@@ -207,13 +224,18 @@ def _read_window(unit: Any, g: Any, shape: tuple[int, int]) -> tuple[int, int, i
         return read_window(unit, [g])
 
 
+def batch_size(prep: Any) -> int:
+    """Patches per call of the run's one model (engines before ``--batch auto``: config)."""
+    return int(getattr(prep.jobs[0].geometry, "batch", None) or prep.config.batch)
+
+
 def build_batches(prep: Any) -> Batches:
     """Reproduce the engine's patches: plan units, read windows, spans, batches, normalise."""
     from cnnpipe.normalise import normalise
 
     (source,), (job,) = prep.sources, prep.jobs
     ch = list(prep.channels[source.key][0])
-    g, meta, batch = job.geometry, job.meta, prep.config.batch
+    g, meta, batch = job.geometry, job.meta, batch_size(prep)
     out = Batches(patch=g.patch)
     for unit in prep.plan.images[0].units():
         ry0, ry1, rx0, rx1 = _read_window(unit, g, source.shape)
@@ -403,7 +425,7 @@ def engine_probs(prep: Any, session: Any) -> np.ndarray:
 
     (source,), (job,) = prep.sources, prep.jobs
     ch = list(prep.channels[source.key][0])
-    g, meta, batch = job.geometry, job.meta, prep.config.batch
+    g, meta, batch = job.geometry, job.meta, batch_size(prep)
     in_name, out_name = meta.input.name, meta.output.name
     static = session.get_inputs()[0].shape[0]
     fixed = isinstance(static, int)

@@ -65,7 +65,10 @@ from benchmarks.common import (
     Collector,
     Meter,
     Stages,
+    auto_int,
+    batch_size,
     build_batches,
+    cli_value,
     code_state,
     cpu_mark,
     log,
@@ -91,7 +94,8 @@ TARGET_TASKS = 100_000
 # -- 1. throughput -----------------------------------------------------------------------
 
 
-def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: int,
+def bench_throughput(model: str, image: Path, *, tile: int, patch: int | None,
+                     batch: int | None,
                      reps: int, work: Path, meter: Meter) -> dict[str, Any]:
     from distributed import LocalCluster
 
@@ -109,6 +113,7 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
     cp = cluster_plan(cfg)
     job = prep.jobs[0]
     meta = job.meta
+    batch_requested, batch = batch, batch_size(prep)  # auto: the plan's choice
     t0 = time.perf_counter()
     bt = build_batches(prep)
     log(f"built {bt.n_patches} patches of {bt.patch[0]}x{bt.patch[1]} in {len(bt.norm)} "
@@ -330,7 +335,8 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
 
     return {
         "image": {"shape": [ny, nx], "mpix": mpix, "file": image.name},
-        "settings": {"tile": tile, "patch_requested": patch, "batch": batch,
+        "settings": {"tile": tile, "patch_requested": cli_value(patch),
+                     "batch_requested": cli_value(batch_requested), "batch": batch,
                      "patch": list(bt.patch), "halo": job.geometry.halo,
                      "units": prep.plan.n_units, "patches": bt.n_patches,
                      "batches": len(bt.norm), "patch_mpix": bt.n_patches * bt.patch[0]
@@ -355,9 +361,11 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int, batch: i
 
 
 
-def bench_memory(model: str, sizes: list[int], *, tile: int, patch: int, batch: int,
+def bench_memory(model: str, sizes: list[int], *, tile: int, patch: int | None,
+                 batch: int | None,
                  every_s: float, work: Path, keep_last: bool) -> tuple[dict[str, Any], Path | None]:
-    out: dict[str, Any] = {"settings": {"tile": tile, "patch": patch, "batch": batch,
+    out: dict[str, Any] = {"settings": {"tile": tile, "patch": cli_value(patch),
+                                        "batch": cli_value(batch),
                                         "sample_ms": every_s * 1000, "model": model},
                            "images": {}}
     kept: Path | None = None
@@ -367,7 +375,7 @@ def bench_memory(model: str, sizes: list[int], *, tile: int, patch: int, batch: 
         store = work / f"mem_{size}.zarr"
         cmd = [sys.executable, "-m", "cnnpipe", "run", str(img), "--model", model,
                "--out", str(store), "--overwrite", "--device", "cpu", "--tile", str(tile),
-               "--patch", str(patch), "--batch", str(batch)]
+               "--patch", cli_value(patch), "--batch", cli_value(batch)]
         log(f"memory: cnnpipe run on {size}x{size} (sampling RSS every {every_s * 1000:.0f} ms)")
         try:
             res = peak_rss(cmd, every_s=every_s, log_path=work / f"mem_{size}.log")
@@ -415,11 +423,11 @@ def _sparse_fits(path: Path, size: int) -> None:
         f.truncate(len(head) + data)
 
 
-def _cli_dry_run(image: Path, model: str, *, tile: int, patch: int, batch: int,
+def _cli_dry_run(image: Path, model: str, *, tile: int, patch: int | None, batch: int | None,
                  work: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "cnnpipe", "-q", "run", str(image), "--model", model,
            "--out", str(work / "dry.zarr"), "--dry-run", "--tile", str(tile),
-           "--patch", str(patch), "--batch", str(batch)]
+           "--patch", cli_value(patch), "--batch", cli_value(batch)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
     wall = time.perf_counter() - t0
@@ -428,7 +436,8 @@ def _cli_dry_run(image: Path, model: str, *, tile: int, patch: int, batch: int,
             "command": "cnnpipe " + " ".join(cmd[3:])}
 
 
-def bench_plan(model: str, size: int, *, tile: int, patch: int, batch: int, big: Path | None,
+def bench_plan(model: str, size: int, *, tile: int, patch: int | None, batch: int | None,
+               big: Path | None,
                work: Path, sparse: bool) -> dict[str, Any]:
     from cnnpipe.modelmeta import read_model_meta
     from cnnpipe.pipeline.plan import make_plan
@@ -450,7 +459,8 @@ def bench_plan(model: str, size: int, *, tile: int, patch: int, batch: int, big:
     g = plan.models[0]
     out: dict[str, Any] = {
         "make_plan": {"shape": [size, size], "tasks": counts[0], "patches": counts[1],
-                      "batches": counts[2], "patch": list(g.patch), "halo": g.halo,
+                      "batches": counts[2], "patch": list(g.patch), "batch": g.batch,
+                      "halo": g.halo,
                       "seconds": stats(times), "iterate_units_s": stats(units_s)},
     }
     if big is not None:
@@ -706,8 +716,8 @@ def main(argv: list[str] | None = None) -> int:
                     "quick 1024,2048]")
     ap.add_argument("--plan-size", type=int, default=100_000, help="planned image side")
     ap.add_argument("--tile", type=int, help=f"[{d.tile}; quick 1024]")
-    ap.add_argument("--patch", type=int, default=d.patch)
-    ap.add_argument("--batch", type=int, default=d.batch)
+    ap.add_argument("--patch", type=auto_int, default=d.patch, help="[auto]")
+    ap.add_argument("--batch", type=auto_int, default=d.batch, help="[auto]")
     ap.add_argument("--reps", type=int, help="repetitions of each timing [5; quick 1]")
     ap.add_argument("--sample-ms", type=float, default=50.0, help="RSS sampling period")
     ap.add_argument("--quiet-cores", type=float, default=0.3,

@@ -36,9 +36,14 @@ class StoreMode(StrEnum):
     OVERWRITE = "overwrite"
 
 
+#: the value of ``--patch`` / ``--batch`` (and of the TOML keys) that lets the plan choose
+AUTO = "auto"
+
+
 def _pos_or_none(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        msg = f"Expected {name} to be a positive integer. Got {value!r}."
+        auto = f" or {AUTO!r}" if name in ("--patch", "--batch") else ""
+        msg = f"Expected {name} to be a positive integer{auto}. Got {value!r}."
         raise ConfigError(msg)
 
 
@@ -75,10 +80,13 @@ class RunConfig:
         ``resume`` (default) or ``overwrite`` an existing store.
     tile : int
         Work-unit and output-chunk size, pixels.
-    patch : int
-        Patch size of fully convolutional models, halo included, pixels.
-    batch : int
-        Patches per inference call.
+    patch : int or None
+        Patch size of fully convolutional models, halo included, pixels; None (or
+        ``"auto"``, the default): per model, the patch whose cores cover a unit with the
+        fewest pixels pushed (:func:`cnnpipe.pipeline.plan.auto_patch`).
+    batch : int or None
+        Patches per inference call; None (or ``"auto"``, the default): as many as fill
+        ``plan.PIXELS_PER_CALL`` pixels (:func:`cnnpipe.pipeline.plan.auto_batch`).
     retries : int
         Extra attempts of a failing work unit before the run fails.
     catalog : str or None
@@ -108,8 +116,8 @@ class RunConfig:
     tensorrt: bool = False
     mode: StoreMode = StoreMode.RESUME
     tile: int = 2048
-    patch: int = 512
-    batch: int = 4
+    patch: int | None = None
+    batch: int | None = None
     retries: int = 2
     catalog: str | None = None
     catalog_origin: int = 0
@@ -148,6 +156,9 @@ class RunConfig:
             raise ConfigError(msg)
         for name in ("workers", "threads", "ort_threads"):
             _pos_or_none(f"--{name.replace('_', '-')}", getattr(self, name))
+        for name in ("patch", "batch"):
+            if getattr(self, name) == AUTO:
+                set_(self, name, None)
         for name in ("tile", "patch", "batch"):
             _pos_or_none(f"--{name}", getattr(self, name))
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
@@ -184,6 +195,8 @@ class RunConfig:
         d["band_files"] = [list(bp) for bp in self.band_files]
         d["device"] = self.device.value
         d["mode"] = self.mode.value
+        for name in ("patch", "batch"):
+            d[name] = AUTO if d[name] is None else d[name]
         return d
 
     @classmethod

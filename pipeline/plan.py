@@ -20,6 +20,12 @@ pixel beyond the unit for masked neighbours; crater heads need the heat map of t
 plus the largest crater radius, so for them inference itself covers the unit ± context,
 clipped to the image (:func:`infer_region`), aligned to the model's ``multiple``.
 
+Patch and batch sizes may be chosen here (``--patch auto`` / ``--batch auto``, the
+defaults): :func:`auto_patch` picks, for a fully convolutional model, the patch whose
+cores cover the largest unit with the fewest pixels pushed through the network under a
+per-call pixel budget (:data:`PIXELS_PER_CALL`), and :func:`auto_batch` fills that
+budget with patches.
+
 Nothing here reads pixels; :mod:`cnnpipe.pipeline.worker` slices a unit's pixels with
 these spans.  Coordinates are 0-based ``(y, x)`` pixel indices, half-open intervals.
 """
@@ -27,7 +33,7 @@ these spans.  Coordinates are 0-based ``(y, x)`` pixel indices, half-open interv
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from cnnpipe.errors import ConfigError, ModelMismatchError
@@ -35,12 +41,16 @@ from cnnpipe.modelmeta import ModelMeta, Task
 
 __all__ = [
     "ACTIVATION_FACTOR",
+    "MAX_AUTO_BATCH",
+    "PIXELS_PER_CALL",
     "ImagePlan",
     "ModelGeometry",
     "Plan",
     "Span",
     "TilingMode",
     "Unit",
+    "auto_batch",
+    "auto_patch",
     "axis_units",
     "conv_spans",
     "infer_region",
@@ -62,6 +72,61 @@ def _round_up(a: int, m: int) -> int:
 
 def _round_down(a: int, m: int) -> int:
     return (a // m) * m
+
+
+#: input pixels (patches x patch pixels) per onnxruntime call that ``--patch auto`` /
+#: ``--batch auto`` aim for: 5 x 512², which holds one 1120² patch.  On the 2-core
+#: benchmark machine the demo U-Net's cost per pixel was flat from 512² to 1056² patches,
+#: and a 16000² run at 1120² x 1 peaked at the memory of 512² x 4 (README "Settings").
+PIXELS_PER_CALL = 5 * 512 * 512
+#: ``--batch auto`` never puts more patches than this into one call (small classify
+#: windows would otherwise make batches of hundreds)
+MAX_AUTO_BATCH = 256
+#: the unit extent ``--patch auto`` plans for when no image size is known
+AUTO_EXTENT = 2048
+
+
+def auto_batch(patch: tuple[int, int], budget: int = PIXELS_PER_CALL) -> int:
+    """Patches per call that fill ``budget`` pixels: at least 1, at most MAX_AUTO_BATCH."""
+    return max(1, min(MAX_AUTO_BATCH, budget // (patch[0] * patch[1])))
+
+
+def auto_patch(
+    extent: tuple[int, int], *, halo: int, multiple: int, budget: int = PIXELS_PER_CALL
+) -> tuple[int, int]:
+    """The patch ``(py, px)`` that covers an ``extent`` with the fewest pixels pushed.
+
+    Each patch contributes only its core (``patch - 2 * halo``), so covering an extent
+    ``E`` with ``n`` cores per axis pushes ``n * (roundup(ceil(E / n), multiple) + 2 *
+    halo)`` pixels along it.  Over every ``(n_y, n_x)`` whose patch holds at most
+    ``budget`` pixels, this returns the patch of the least total ``n_y * n_x * py * px``
+    (ties: the fewer, larger patches, then the squarer).  Where even the smallest patch
+    (``multiple + 2 * halo``) exceeds the budget, it returns that smallest patch.
+
+    Example: a 2048 unit with a 48-pixel halo and multiple 16 gives 1120 x 1120 (2 x 2
+    patches, 5.0 Mpix pushed for 4.2 Mpix of unit) where 512-pixel patches need 5 x 5
+    (6.6 Mpix).
+    """
+    def options(e: int) -> list[tuple[int, int]]:
+        # (patches, patch size) per number of cores n, each distinct size once
+        out: dict[int, int] = {}
+        for n in range(1, _ceil_div(e, multiple) + 1):
+            p = _round_up(_ceil_div(e, n), multiple) + 2 * halo
+            out.setdefault(p, n)
+        return [(n, p) for p, n in out.items()]
+
+    best: tuple[int, int, int, tuple[int, int]] | None = None
+    side = multiple + 2 * halo  # the smallest patch side
+    oy = [(n, p) for n, p in options(extent[0]) if p * side <= budget]
+    ox = [(n, p) for n, p in options(extent[1]) if p * side <= budget]
+    for ny, py in oy:
+        for nx, px in ox:
+            if py * px > budget:
+                continue
+            key = (ny * nx * py * px, ny * nx, abs(py - px), (py, px))
+            if best is None or key < best:
+                best = key
+    return (side, side) if best is None else best[3]
 
 
 class TilingMode(StrEnum):
@@ -133,6 +198,10 @@ class ModelGeometry:
     infer_context : bool
         Inference (not only the read) covers the unit ± ``context`` clipped to the
         image (crater heads: the heat map around the unit).
+    batch : int
+        Patches per inference call (``--batch``, or :func:`auto_batch`).  It never
+        changes results, so it is not part of :meth:`to_dict` (a resumed run may use
+        another batch).
     """
 
     name: str
@@ -143,6 +212,7 @@ class ModelGeometry:
     core: tuple[int, int]
     context: int = 0
     infer_context: bool = False
+    batch: int = 1
 
     def spans(self, axis: int, u0: int, u1: int) -> list[Span]:
         """Patches of this model along ``axis`` (0 = y, 1 = x) for unit ``[u0, u1)``."""
@@ -222,7 +292,8 @@ def axis_units(length: int, tile: int) -> list[tuple[int, int]]:
 
 
 def model_geometry(
-    meta: ModelMeta, *, patch: int, max_extent: tuple[int, int] | None = None
+    meta: ModelMeta, *, patch: int | None, batch: int | None = None,
+    max_extent: tuple[int, int] | None = None,
 ) -> ModelGeometry:
     """Choose the fixed patch layout of ``meta`` for a run.
 
@@ -230,9 +301,13 @@ def model_geometry(
     ----------
     meta : ModelMeta
         Model metadata (task, input patch/multiple/halo).
-    patch : int
+    patch : int or None
         Requested patch size for fully convolutional models (``--patch``), pixels,
-        halo included; rounded down to ``input.multiple``.
+        halo included; rounded down to ``input.multiple``.  None (``--patch auto``):
+        :func:`auto_patch` over ``max_extent`` (without one, a square of 2048).
+    batch : int or None
+        Patches per inference call (``--batch``); None (``--batch auto``):
+        :func:`auto_batch` of the chosen patch.
     max_extent : (int, int), optional
         Largest unit extent ``(y, x)`` in the run (``min(tile, image size)``).  Given it,
         a fully convolutional patch shrinks to the smallest size that still covers the
@@ -244,12 +319,23 @@ def model_geometry(
     Raises
     ------
     ConfigError
-        ``patch`` leaves no core after removing the halo.
+        ``patch`` leaves no core after removing the halo, or ``batch`` < 1.
     """
+    if batch is not None and batch < 1:
+        msg = f"Expected --batch >= 1 or auto. Got --batch {batch}."
+        raise ConfigError(msg)
+    geometry = _patch_layout(meta, patch=patch, max_extent=max_extent)
+    b = auto_batch(geometry.patch) if batch is None else batch
+    return replace(geometry, batch=b)
+
+
+def _patch_layout(
+    meta: ModelMeta, *, patch: int | None, max_extent: tuple[int, int] | None
+) -> ModelGeometry:
     m = meta.input.multiple
     context = model_context(meta)
     if meta.task is Task.CLASSIFY:
-        win = meta.input.patch or (patch, patch)  # ModelMeta guarantees a fixed patch
+        win = meta.input.patch or (0, 0)  # ModelMeta refuses a classify model without one
         return ModelGeometry(
             name=meta.name, mode=TilingMode.WINDOW, patch=win, halo=0, multiple=1, core=win,
             context=context,
@@ -270,6 +356,12 @@ def model_geometry(
         return ModelGeometry(
             name=meta.name, mode=TilingMode.CONV, patch=(py, px), halo=halo, multiple=m,
             core=(cy, cx), context=context, infer_context=infer,
+        )
+    if patch is None:
+        py, px = auto_patch(max_extent or (AUTO_EXTENT, AUTO_EXTENT), halo=halo, multiple=m)
+        return ModelGeometry(
+            name=meta.name, mode=TilingMode.CONV, patch=(py, px), halo=halo, multiple=m,
+            core=(py - 2 * halo, px - 2 * halo), context=context, infer_context=infer,
         )
     p = _round_down(patch, m)
     if p - 2 * halo < m:
@@ -406,10 +498,10 @@ class ImagePlan:
         """Patches model ``g`` runs over the whole image (counted, not built)."""
         return sum(self._counts(g, 0)) * sum(self._counts(g, 1))
 
-    def n_batches(self, g: ModelGeometry, batch: int) -> int:
+    def n_batches(self, g: ModelGeometry) -> int:
         """Inference calls of model ``g`` over the image (one batch never spans units)."""
         cy, cx = self._counts(g, 0), self._counts(g, 1)
-        return sum(_ceil_div(a * b, batch) for a in cy for b in cx)
+        return sum(_ceil_div(a * b, g.batch) for a in cy for b in cx)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -422,7 +514,6 @@ class Plan:
     images: tuple[ImagePlan, ...]
     models: tuple[ModelGeometry, ...]
     tile: int
-    batch: int
     classes: Mapping[str, int] = field(default_factory=dict)
 
     @property
@@ -443,7 +534,7 @@ class Plan:
     @property
     def n_batches(self) -> int:
         """Inference calls over all images and models."""
-        return sum(im.n_batches(g, self.batch) for im in self.images for g in self.models)
+        return sum(im.n_batches(g) for im in self.images for g in self.models)
 
     @property
     def pixels(self) -> int:
@@ -474,7 +565,7 @@ class Plan:
         for g in self.models:
             c = self.classes.get(g.name, 1)
             unit_out = ty * tx * (c * 4 + c * 2 + 1)
-            batch_io = self.batch * g.patch[0] * g.patch[1] * 4 * (bands + c)
+            batch_io = g.batch * g.patch[0] * g.patch[1] * 4 * (bands + c)
             per_model += (unit_out + batch_io + 2 * model_bytes.get(g.name, 0)
                           + int(ACTIVATION_FACTOR * activation_bytes.get(g.name, 0)))
         return read + per_model
@@ -489,7 +580,7 @@ class Plan:
         lines = [
             f"images: {len(self.images)} ({self.pixels / 1e6:.1f} Mpix)",
             f"work units: {self.n_units} (tile {self.tile}x{self.tile})",
-            f"patches: {self.n_patches} in {self.n_batches} batches of <= {self.batch}",
+            f"patches: {self.n_patches} in {self.n_batches} batches",
             f"tasks: {self.n_tasks}",
             f"expected memory per worker: {mem / 2**20:.0f} MiB "
             f"({threads_per_worker} concurrent unit(s), {acts})",
@@ -500,7 +591,8 @@ class Plan:
                          f"{im.bands} band(s), {gy}x{gx} units")
         for g in self.models:
             lines.append(f"  model {g.name}: {g.mode.value} patches {g.patch[0]}x{g.patch[1]}, "
-                         f"halo {g.halo}, core {g.core[0]}x{g.core[1]}, context {g.context}")
+                         f"halo {g.halo}, core {g.core[0]}x{g.core[1]}, context {g.context}, "
+                         f"batch {g.batch}")
         return lines
 
 
@@ -509,8 +601,8 @@ def make_plan(
     models: Sequence[ModelMeta],
     *,
     tile: int,
-    patch: int,
-    batch: int,
+    patch: int | None = None,
+    batch: int | None = None,
 ) -> Plan:
     """Plan a run.
 
@@ -523,18 +615,20 @@ def make_plan(
     tile : int
         Work-unit (= output chunk) size, pixels; a multiple of every model's
         ``input.multiple``.
-    patch : int
-        Patch size of fully convolutional models, pixels, halo included.
-    batch : int
-        Patches per inference call.
+    patch : int or None
+        Patch size of fully convolutional models, pixels, halo included; None: chosen
+        per model by :func:`auto_patch` (``--patch auto``).
+    batch : int or None
+        Patches per inference call; None: :func:`auto_batch` per model.
 
     Raises
     ------
     ConfigError
         A setting does not fit a model (tile alignment, patch too small).
     """
-    if tile < 1 or batch < 1:
-        msg = f"Expected --tile >= 1 and --batch >= 1. Got --tile {tile}, --batch {batch}."
+    if tile < 1 or (batch is not None and batch < 1):
+        msg = (f"Expected --tile >= 1 and --batch >= 1 (or auto). Got --tile {tile}, "
+               f"--batch {batch}.")
         raise ConfigError(msg)
     for meta in models:
         m = meta.input.multiple
@@ -546,7 +640,8 @@ def make_plan(
             raise ConfigError(msg)
     ext_y = min(tile, max((s[0] for _, s, _ in images), default=tile))
     ext_x = min(tile, max((s[1] for _, s, _ in images), default=tile))
-    geoms = tuple(model_geometry(m, patch=patch, max_extent=(ext_y, ext_x)) for m in models)
+    geoms = tuple(model_geometry(m, patch=patch, batch=batch, max_extent=(ext_y, ext_x))
+                  for m in models)
     classes = {
         m.name: (1 if m.task is Task.CRATERS else len(m.output.classes)) for m in models
     }
@@ -555,6 +650,5 @@ def make_plan(
                      for k, s, b in images),
         models=geoms,
         tile=tile,
-        batch=batch,
         classes=classes,
     )

@@ -324,7 +324,7 @@ def dry_run(config: RunConfig) -> list[str]:
     prep = prepare(config)
     cp = cluster_plan(config)
     acts = {
-        j.name: peak_activation_bytes(onnx.load(j.path), (prep.plan.batch, j.meta.n_bands,
+        j.name: peak_activation_bytes(onnx.load(j.path), (j.geometry.batch, j.meta.n_bands,
                                                           *j.geometry.patch))
         for j in prep.jobs
     }
@@ -357,7 +357,7 @@ def _tasks(prep: Prepared, store: RunStore, pending: Mapping[str, np.ndarray],
                 store=store.path, source=s, unit=unit,
                 models=tuple(prep.jobs[k] for k in idx),
                 channels=tuple(prep.channels[s.key][k] for k in idx),
-                batch=prep.config.batch, session=spec, positions=pos,
+                session=spec, positions=pos,
             )
 
 

@@ -108,7 +108,6 @@ class UnitTask:
     unit: Unit
     models: tuple[ModelJob, ...]
     channels: tuple[tuple[int, ...], ...]
-    batch: int
     session: SessionSpec = field(default_factory=SessionSpec)
     positions: Positions | None = None
 
@@ -287,7 +286,7 @@ def process_unit(task: UnitTask) -> UnitResult:
         session = get_session(job.path, job.sha256, task.session)
         out_name = job.meta.output.name
         in_name = job.meta.input.name
-        batch, fixed = task.batch, CUDA in session.get_providers()
+        batch, fixed = job.geometry.batch, CUDA in session.get_providers()
         static = next(i.shape[0] for i in session.get_inputs() if i.name == in_name)
         if isinstance(static, int):  # a model exported with a fixed batch size
             batch, fixed = static, True

@@ -152,7 +152,8 @@ def test_targets_and_settings() -> None:
     full = Settings.for_mode(quick=False)
     assert full.mem_sizes == (4096, 8192, 16384, 32768)
     assert full.size == 4096
-    assert (full.reps, full.a_reps, full.batch) == (3, 5, 4)
+    assert (full.reps, full.a_reps) == (3, 5)
+    assert (full.patch, full.batch) == (None, None)  # cnnpipe's auto, on both sides
     assert Settings.for_mode(quick=False, a_reps=7).a_reps == 7
     rows = targets({"e": {"error": "RuntimeError: boom"},
                     "h": {"run": False, "reason": "not run: no CUDA provider on this machine"},

@@ -32,8 +32,9 @@ class Settings:
     #: image side of sections a, b, c, f, g (simulated sky, float32)
     size: int = 4096
     tile: int = 2048
-    patch: int = 512
-    batch: int = 4
+    #: None: cnnpipe's ``auto`` (its default), for both sides of every comparison
+    patch: int | None = None
+    batch: int | None = None
     #: patches per call on a GPU (both sides of section h)
     gpu_batch: int = 32
     #: image side of section h (a GPU needs a larger image than a CPU to be timed)

@@ -80,7 +80,7 @@ def run_bc(ctx: Context, *, monai: bool, naive: bool) -> dict[str, Any]:
 
         with torch.inference_mode():
             x = torch.from_numpy(normalise(pixels[None], meta.normalisation))
-            out = sliding_window_inference(x, roi_size=(p, p), sw_batch_size=s.batch,
+            out = sliding_window_inference(x, roi_size=(p, p), sw_batch_size=g.batch,
                                            predictor=net, overlap=OVERLAP, mode="gaussian")
         return np.asarray(out[0])
 
@@ -143,7 +143,7 @@ def run_bc(ctx: Context, *, monai: bool, naive: bool) -> dict[str, Any]:
         "image": {"shape": [ny, nx], "mpix": mpix},
         "model": unet.fp32.name, "weights": unet.weights, "threads": threads,
         "torch_threads": torch.get_num_threads(), "patch": p, "halo": g.halo,
-        "batch": s.batch, "overlap": OVERLAP, "interior_border": border,
+        "batch": g.batch, "overlap": OVERLAP, "interior_border": border,
         "reference_s": ref_s, "results": res, "accuracy": acc,
         "monai_patches": _monai_count(ny, p) * _monai_count(nx, p) if monai else None,
         "cnnpipe_patches": prep.plan.n_patches,

@@ -89,6 +89,13 @@ def test_dry_run(files: dict[str, Path], tmp_path: Path) -> None:
     assert "expected memory per worker" in res.output
     assert "model seg: conv patches 24x24, halo 6, core 12x12" in res.output
     assert not out.exists()
+    auto = _invoke(*_base(files, out)[:-4], "--device", "cpu", "--patch", "auto", "--dry-run")
+    assert auto.exit_code == 0, auto.output
+    assert "model seg: conv patches 44x44, halo 6, core 32x32" in auto.output  # one a unit
+    for flag, bad in (("--patch", "0"), ("--batch", "many")):
+        res = CliRunner().invoke(cli, [*_base(files, out), flag, bad, "--dry-run"])
+        assert res.exit_code == 2
+        assert f"Expected 'auto' or an integer >= 1. Got {bad!r}." in res.output
 
 
 def test_errors_are_one_line_with_exit_codes(

@@ -387,7 +387,7 @@ def test_rerunning_a_unit_overwrites_its_fragment_and_merge_is_idempotent(
                     device="cpu", scheduler=cluster)
     prep = prepare(cfg)
     task = UnitTask(store=str(out), source=prep.sources[0], unit=prep.plan.images[0].unit(1, 1),
-                    models=prep.jobs, channels=prep.channels["sky"], batch=4)
+                    models=prep.jobs, channels=prep.channels["sky"])
     process_unit(task)
     process_unit(task)
     again = read_fragment(str(out), "sky", "levels", 1, 1)

@@ -15,9 +15,13 @@ from hypothesis import strategies as st
 from cnnpipe.errors import ConfigError, ModelMismatchError
 from cnnpipe.modelmeta import ModelMeta
 from cnnpipe.pipeline.plan import (
+    MAX_AUTO_BATCH,
+    PIXELS_PER_CALL,
     ImagePlan,
     ModelGeometry,
     TilingMode,
+    auto_batch,
+    auto_patch,
     axis_units,
     conv_spans,
     make_plan,
@@ -172,6 +176,83 @@ def test_model_geometry_rounding_and_errors() -> None:
     assert f.core == (48, 48)
     with pytest.raises(ModelMismatchError, match="leaves no core"):
         model_geometry(_meta(patch=[16, 16], halo=8), patch=512)
+
+
+def _pushed(extent: tuple[int, int], patch: tuple[int, int], halo: int) -> int:
+    """Pixels through the network to cover ``extent`` with ``patch`` (independently of
+    auto_patch: counted from the patch size, not from a number of cores)."""
+    ny = -(-extent[0] // (patch[0] - 2 * halo))
+    nx = -(-extent[1] // (patch[1] - 2 * halo))
+    return ny * nx * patch[0] * patch[1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 160), st.integers(1, 160), st.integers(0, 12),
+       st.sampled_from([1, 2, 4, 8, 16]), st.integers(200, 20_000))
+def test_auto_patch_pushes_the_fewest_pixels_within_the_budget(
+    ey: int, ex: int, halo: int, multiple: int, budget: int
+) -> None:
+    py, px = auto_patch((ey, ex), halo=halo, multiple=multiple, budget=budget)
+    side = multiple + 2 * halo
+    sizes = {ey: range(side, _ceil(ey, multiple) + 2 * halo + 1, multiple),
+             ex: range(side, _ceil(ex, multiple) + 2 * halo + 1, multiple)}
+    every = [(a, b) for a in sizes[ey] for b in sizes[ex] if a * b <= budget]
+    if not every:  # nothing fits: the smallest legal patch
+        assert (py, px) == (side, side)
+        return
+    assert py * px <= budget
+    assert (py - 2 * halo) % multiple == 0
+    assert (px - 2 * halo) % multiple == 0
+    assert _pushed((ey, ex), (py, px), halo) == min(_pushed((ey, ex), p, halo) for p in every)
+
+
+def _ceil(a: int, m: int) -> int:
+    return -(-a // m) * m
+
+
+def test_auto_patch_and_batch_on_the_demo_unet_and_edge_cases() -> None:
+    # the demo U-Net (halo 48, multiple 16) on 2048 units: 2 x 2 cores of 1024 (5.0 Mpix
+    # pushed) instead of 5 x 5 patches of 512 (6.6 Mpix), one patch a call
+    assert auto_patch((2048, 2048), halo=48, multiple=16) == (1120, 1120)
+    assert _pushed((2048, 2048), (1120, 1120), 48) < _pushed((2048, 2048), (512, 512), 48)
+    assert auto_batch((1120, 1120)) == 1
+    assert auto_batch((512, 512)) == PIXELS_PER_CALL // 512**2 == 5
+    assert auto_batch((16, 16)) == MAX_AUTO_BATCH
+    assert auto_batch((4000, 4000)) == 1
+    # no halo: every tiling pushes the same pixels; the fewest, then the squarest patches
+    assert auto_patch((2048, 2048), halo=0, multiple=1) == (1024, 1024)
+    # a halo too big for the budget: the smallest legal patch
+    assert auto_patch((2048, 2048), halo=600, multiple=16, budget=10**6) == (1216, 1216)
+    g = model_geometry(_meta(multiple=16, halo=48), patch=None, max_extent=(2048, 2048))
+    assert (g.patch, g.core, g.batch) == ((1120, 1120), (1024, 1024), 1)
+    g = model_geometry(_meta(multiple=16, halo=48), patch=None)  # no extent: a 2048 unit
+    assert g.patch == (1120, 1120)
+    # a small image is covered by one patch
+    g = model_geometry(_meta(multiple=4, halo=8), patch=None, max_extent=(100, 60))
+    assert (g.patch, g.batch) == ((116, 76), PIXELS_PER_CALL // (116 * 76))
+    # explicit sizes win; auto never applies to a fixed patch
+    assert model_geometry(_meta(multiple=16, halo=48), patch=512, batch=4).batch == 4
+    f = model_geometry(_meta(patch=[96, 96], halo=8, multiple=4), patch=None)
+    assert (f.patch, f.batch) == ((96, 96), PIXELS_PER_CALL // 96**2)
+    with pytest.raises(ConfigError, match="--batch >= 1 or auto"):
+        model_geometry(_meta(), patch=None, batch=0)
+
+
+def test_models_of_one_plan_get_their_own_batches() -> None:
+    seg, cls = _meta(multiple=16, halo=48, name="seg"), _meta("classify", patch=[64, 64],
+                                                               name="cls")
+    plan = make_plan([("k", (5000, 3000), 1)], [seg, cls], tile=2048)
+    g_seg, g_cls = plan.models
+    assert (g_seg.patch, g_seg.batch) == ((1120, 1120), 1)
+    assert g_cls.batch == min(MAX_AUTO_BATCH, PIXELS_PER_CALL // 64**2) == 256
+    calls = sum(-(-len(g.spans(0, u.y0, u.y1)) * len(g.spans(1, u.x0, u.x1)) // g.batch)
+                for u in plan.images[0].units() for g in (g_seg, g_cls))
+    assert plan.n_batches == calls
+    lines = "\n".join(plan.describe())
+    assert "model seg: conv patches 1120x1120, halo 48, core 1024x1024, context 1, batch 1" \
+        in lines
+    assert f"model cls: window patches 64x64, halo 0, core 64x64, context 48, batch " \
+        f"{g_cls.batch}" in lines
 
 
 def test_tile_must_be_a_multiple_of_the_model_multiple() -> None:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -33,7 +34,14 @@ from cnnpipe.modelmeta import METADATA_KEY, ModelMeta, read_model_meta
 from cnnpipe.normalise import normalise
 from cnnpipe.pipeline.config import RunConfig, StoreMode
 from cnnpipe.pipeline.heads import ClassifyHead, CratersHead, SegmentHead, argmax_classes
-from cnnpipe.pipeline.plan import ImagePlan, infer_region, make_plan, read_window
+from cnnpipe.pipeline.plan import (
+    MAX_AUTO_BATCH,
+    PIXELS_PER_CALL,
+    ImagePlan,
+    infer_region,
+    make_plan,
+    read_window,
+)
 from cnnpipe.pipeline.runner import dry_run, prepare, run
 from cnnpipe.pipeline.sources import open_sources
 from cnnpipe.pipeline.store import lock_path, store_wcs
@@ -435,8 +443,40 @@ def test_dry_run_describes_without_touching_anything(data: Data, tmp_path: Path)
     assert "work units: 9 (tile 64x64)" in text
     assert "tasks: 9" in text
     assert "expected memory per worker:" in text
-    assert "model seg: conv patches 34x34, halo 6, core 22x22" in text
+    assert "model seg: conv patches 34x34, halo 6, core 22x22, context 1, batch 3" in text
     assert not out.exists()
+    # auto (the default): per model, the patch that covers a 64 unit with the fewest
+    # pixels (one 76x76 patch: 64 + 2 x halo 6) and a batch filling PIXELS_PER_CALL
+    auto = "\n".join(dry_run(data.config(out, patch="auto", batch="auto")))
+    assert f"model seg: conv patches 76x76, halo 6, core 64x64, context 1, batch " \
+        f"{PIXELS_PER_CALL // 76**2}" in auto
+    assert "model morph: window patches 16x16, halo 0, core 16x16, context 24, batch " \
+        f"{MAX_AUTO_BATCH}" in auto
+
+
+def test_workers_run_each_model_in_its_own_batch_size(
+    data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cnnpipe.pipeline import worker
+
+    seen: dict[str, set[int]] = {}
+    real = worker.infer_unit
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.setdefault(args[3].name, set()).add(kw["batch"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(worker, "infer_unit", spy)  # one worker: in this process
+    cfg = data.config(tmp_path / "auto.zarr", batch="auto")
+    assert cfg.batch is None
+    run(cfg)
+    want = {j.name: {j.geometry.batch} for j in prepare(cfg).jobs}
+    # patch 34 is given, batch auto: PIXELS_PER_CALL // 34² = 1133 patches, capped
+    assert want["seg"] == {MAX_AUTO_BATCH}
+    assert seen == want
+    seen.clear()
+    run(data.config(tmp_path / "five.zarr", batch=5))
+    assert seen == {"seg": {5}, "craters": {5}, "morph": {5}}
 
 
 # -- pure pieces: stitching and heads ----------------------------------------------------
@@ -544,8 +584,18 @@ def test_config_round_trips_and_validates() -> None:
         RunConfig(inputs=("a",), models=("m",), out="o", device="cpu", tensorrt=True)
     with pytest.raises(ConfigError, match=r"Unknown run settings \['tiles'\]"):
         RunConfig.from_dict({"inputs": ["a"], "models": ["m"], "out": "o", "tiles": 3})
-    with pytest.raises(ConfigError, match="--batch to be a positive integer"):
+    with pytest.raises(ConfigError, match="--batch to be a positive integer or 'auto'"):
         RunConfig(inputs=("a",), models=("m",), out="o", batch=0)
+    with pytest.raises(ConfigError, match=r"--patch to be a positive integer or 'auto'\. Got"):
+        RunConfig(inputs=("a",), models=("m",), out="o", patch="big")  # type: ignore[arg-type]
+    # auto (None) is the default; "auto" from TOML/JSON means the same and is written back
+    auto = RunConfig(inputs=("a",), models=("m",), out="o", patch="auto")  # type: ignore[arg-type]
+    assert (auto.patch, auto.batch) == (None, None)
+    assert auto == RunConfig(inputs=("a",), models=("m",), out="o")
+    assert (auto.to_dict()["patch"], auto.to_dict()["batch"]) == ("auto", "auto")
+    assert RunConfig.from_dict(auto.to_dict()) == auto
+    fixed = RunConfig(inputs=("a",), models=("m",), out="o", patch=512, batch=4)
+    assert RunConfig.from_dict(fixed.to_dict()) == fixed
 
 
 # -- device selection (no GPU here: a stand-in client answers what workers would) --------

@@ -9,7 +9,24 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["json_option", "seed_option"]
+__all__ = ["AutoOrPositiveInt", "json_option", "seed_option"]
+
+
+class AutoOrPositiveInt(click.ParamType):
+    """``auto`` (returned as None) or an integer >= 1."""
+
+    name = "auto|INTEGER"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | None:
+        if value is None:
+            return None
+        text = str(value).strip().lower()
+        if text == "auto":
+            return None
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"Expected 'auto' or an integer >= 1. Got {value!r}.", param, ctx)
 
 
 def json_option(f: F) -> F:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from cnnpipe.commands.options import AutoOrPositiveInt
+
 __all__ = ["command"]
 
 
@@ -50,10 +52,13 @@ def _parse_bands(
               help="Continue a store of the same configuration, or replace the store.")
 @click.option("--tile", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Work unit and output chunk size, pixels.")
-@click.option("--patch", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Patch size of fully convolutional models, halo included, pixels.")
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Patches per inference call.")
+@click.option("--patch", type=AutoOrPositiveInt(), default="auto", show_default=True,
+              help="Patch size of fully convolutional models, halo included, pixels; auto: "
+                   "per model, the patch that covers a unit with the fewest pixels "
+                   "(at most 1.25 Mpix a patch).")
+@click.option("--batch", type=AutoOrPositiveInt(), default="auto", show_default=True,
+              help="Patches per inference call; auto: as many as fill 1.25 Mpix (GPUs "
+                   "want more).")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Extra attempts of a failing work unit.")
 @click.option("--catalog", metavar="POSITIONS",
@@ -82,8 +87,8 @@ def command(
     tensorrt: bool,
     resume: bool,
     tile: int,
-    patch: int,
-    batch: int,
+    patch: int | None,
+    batch: int | None,
     retries: int,
     catalog: str | None,
     catalog_origin: str,

@@ -61,7 +61,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tile", type=int, help="work unit / chunk side [2048; quick 512]")
     ap.add_argument("--patch", type=auto_int, help="patch side, or auto [auto]")
     ap.add_argument("--batch", type=auto_int, help="patches per call on the CPU, or auto [auto]")
-    ap.add_argument("--gpu-batch", type=int, help="patches per call in h [32; quick 8]")
+    ap.add_argument("--gpu-batch", type=int, help="patches per call in h [16; quick 1]")
+    ap.add_argument("--gpu-tile", type=int, help="work unit of h [4096; quick 512]")
     ap.add_argument("--gpu-size", type=int, help="image side of h [16384; quick 1024]")
     ap.add_argument("--mem-sizes", help="image sides of d [4096,8192,16384,32768; quick "
                     "1024,2048]")
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     mem = tuple(int(x) for x in a.mem_sizes.split(",")) if a.mem_sizes else None
     settings = Settings.for_mode(
         quick=a.quick, reps=a.reps, a_reps=a.a_reps, size=a.size, tile=a.tile,
-        patch=a.patch, batch=a.batch,
-        gpu_batch=a.gpu_batch, gpu_size=a.gpu_size, mem_sizes=mem, io_size=a.io_size,
+        patch=a.patch, batch=a.batch, gpu_batch=a.gpu_batch, gpu_tile=a.gpu_tile,
+        gpu_size=a.gpu_size, mem_sizes=mem, io_size=a.io_size,
         plan_size=a.plan_size, quiet_cores=a.quiet_cores, quiet_budget=a.quiet_budget)
     t_all = time.perf_counter()
     quiet_logging()

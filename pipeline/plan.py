@@ -541,6 +541,14 @@ class Plan:
         """Image pixels covered by the run."""
         return sum(im.shape[0] * im.shape[1] for im in self.images)
 
+    def unit_patches(self, g: ModelGeometry) -> int:
+        """Patches of model ``g`` in the first unit of the first image (a full unit)."""
+        if not self.images:
+            return 0
+        im = self.images[0]
+        r = infer_region(g, im.unit(0, 0), im.shape)
+        return g.count(0, r.y0, r.y1) * g.count(1, r.x0, r.x1)
+
     def memory_per_task(self, model_bytes: Mapping[str, int] | None = None,
                         activation_bytes: Mapping[str, int] | None = None) -> int:
         """Approximate peak bytes one running task holds.
@@ -592,7 +600,7 @@ class Plan:
         for g in self.models:
             lines.append(f"  model {g.name}: {g.mode.value} patches {g.patch[0]}x{g.patch[1]}, "
                          f"halo {g.halo}, core {g.core[0]}x{g.core[1]}, context {g.context}, "
-                         f"batch {g.batch}")
+                         f"batch {g.batch} ({self.unit_patches(g)} patches in the first unit)")
         return lines
 
 

@@ -35,8 +35,12 @@ class Settings:
     #: None: cnnpipe's ``auto`` (its default), for both sides of every comparison
     patch: int | None = None
     batch: int | None = None
-    #: patches per call on a GPU (both sides of section h)
-    gpu_batch: int = 32
+    #: patches per call on a GPU (both sides of section h): with ``gpu_tile`` 4096 and the
+    #: auto patch (1120² for the suite U-Net) a unit holds 4 x 4 patches, so 16 is one
+    #: call a unit, 20 Mpix, and no padded patches (a GPU batch has one fixed shape)
+    gpu_batch: int = 16
+    #: work unit of section h (a unit's last batch is padded to ``gpu_batch`` on a GPU)
+    gpu_tile: int = 4096
     #: image side of section h (a GPU needs a larger image than a CPU to be timed)
     gpu_size: int = 16384
     reps: int = 3
@@ -56,8 +60,8 @@ class Settings:
     def for_mode(cls, *, quick: bool, **given: Any) -> Settings:
         """Defaults of the mode, overridden by the ``given`` values that are not None."""
         base = cls(
-            quick=True, size=1024, tile=512, gpu_batch=8, gpu_size=1024, reps=2, a_reps=1,
-            mem_sizes=(1024, 2048),
+            quick=True, size=1024, tile=512, gpu_batch=1, gpu_tile=512, gpu_size=1024, reps=2,
+            a_reps=1, mem_sizes=(1024, 2048),
             io_size=2048, quiet_budget=0.0,
         ) if quick else cls()
         known = {f.name for f in fields(cls)}

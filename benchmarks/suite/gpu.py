@@ -178,7 +178,8 @@ def run_h(ctx: Context, *, on_cpu: bool = False) -> dict[str, Any]:
     s, unet = ctx.settings, ctx.unet()
     image = ctx.sky(s.gpu_size)
     device, dev_arg = ("cpu", "cpu") if on_cpu else ("cuda", "gpu")
-    cfg = ctx.run_config(image, unet.fp32, "gpu.zarr", device=dev_arg, batch=s.gpu_batch)
+    cfg = ctx.run_config(image, unet.fp32, "gpu.zarr", device=dev_arg, batch=s.gpu_batch,
+                         tile=s.gpu_tile)
     prep = prepare(cfg)
     bt = build_batches(prep)
     meta = prep.jobs[0].meta
@@ -259,6 +260,7 @@ def run_h(ctx: Context, *, on_cpu: bool = False) -> dict[str, Any]:
             "device": "CPU provider (test of the benchmark code)" if on_cpu else gpu_name(),
             "providers": avail, "onnxruntime": ort.__version__, "sampler": sampler.tool,
             "image": {"shape": [s.gpu_size, s.gpu_size], "mpix": mpix}, "batch": s.gpu_batch,
+            "tile": s.gpu_tile, "patch": list(bt.patch),
             "patches": bt.n_patches, "batches": len(batches), "tensorrt": trt_info,
             "results": res, "ratios": ratios, "cuda_visible": os.environ.get(
                 "CUDA_VISIBLE_DEVICES")}
@@ -297,7 +299,8 @@ def markdown_h(r: dict[str, Any]) -> list[str]:
     h, w = r["image"]["shape"]
     lines = [
         f"Device: {r['device']}; onnxruntime {r['onnxruntime']} ({', '.join(r['providers'])})."
-        f" Image {h}x{w}: {r['patches']} patches in {r['batches']} batches of "
+        f" Image {h}x{w}, tile {r.get('tile', '?')}: {r['patches']} patches of "
+        f"{'x'.join(map(str, r.get('patch', ['?'])))} in {r['batches']} batches of "
         f"{r['batch']} (fixed shape). Busy = mean `utilization.gpu` sampled by "
         f"{r['sampler']} every 100 ms during the run (median over runs).",
     ]

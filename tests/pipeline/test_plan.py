@@ -249,8 +249,9 @@ def test_models_of_one_plan_get_their_own_batches() -> None:
                 for u in plan.images[0].units() for g in (g_seg, g_cls))
     assert plan.n_batches == calls
     lines = "\n".join(plan.describe())
-    assert "model seg: conv patches 1120x1120, halo 48, core 1024x1024, context 1, batch 1" \
-        in lines
+    assert "model seg: conv patches 1120x1120, halo 48, core 1024x1024, context 1, batch 1 " \
+        "(4 patches in the first unit)" in lines
+    assert plan.unit_patches(g_cls) == (2048 // 64) ** 2
     assert f"model cls: window patches 64x64, halo 0, core 64x64, context 48, batch " \
         f"{g_cls.batch}" in lines
 

@@ -328,6 +328,22 @@ class StoreLock:
 # -- the store ---------------------------------------------------------------------------
 
 
+def _patch_hint(old: Mapping[str, Any], diff: Sequence[str]) -> str:
+    """How to resume a store that differs only in its patch size, or "".
+
+    A store begun with an explicit ``--patch``, or before ``--patch auto`` became the
+    default (512), resumes with the ``--patch`` its run attributes record.
+    """
+    keys = [d.split(":", 1)[0] for d in diff]
+    if not keys or not all(k.startswith("geometry.") and k.rsplit(".", 1)[-1] in
+                           ("patch", "core") for k in keys):
+        return ""
+    was = old.get("config", {}).get("patch", "")
+    if not was:
+        return ""
+    return f"It was made with --patch {was}: rerun with --patch {was} to resume it. "
+
+
 class RunStore:
     """The client-side handle of a run store: creation, run attributes, ledger reads.
 
@@ -370,6 +386,7 @@ class RunStore:
                     shown = "; ".join(diff[:3]) + ("; ..." if len(diff) > 3 else "")
                     msg = (
                         f"{p} was written by a run with another configuration ({shown}). "
+                        f"{_patch_hint(old, diff)}"
                         "Use --overwrite to replace it, or choose another --out."
                     )
                     raise StoreError(msg)

@@ -337,6 +337,12 @@ def test_store_of_another_configuration_is_refused_unless_overwrite(
         run(data.config(out, scheduler=cluster, tile=32))
     assert _arrays(out) == before
     assert _attrs(out)["status"] == "complete"
+    # only the patch differs (e.g. a store begun before --patch auto was the default):
+    # the error says which --patch resumes it, and that one does
+    with pytest.raises(StoreError, match=rf"geometry\.seg\.core: .*It was made with --patch "
+                       rf"{PATCH}: rerun with --patch {PATCH} to resume it\. Use --overwrite"):
+        run(data.config(out, scheduler=cluster, patch="auto"))
+    assert run(data.config(out, scheduler=cluster, patch=PATCH)).skipped == 9
     summary = run(data.config(out, scheduler=cluster, tile=32, mode=StoreMode.OVERWRITE))
     assert summary.status == "complete"
     assert summary.units == 5 * 6

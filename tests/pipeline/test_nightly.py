@@ -405,3 +405,19 @@ def test_a_rerun_does_not_read_finished_inputs_again(
     assert [h for h in hashed if h.endswith(".fits")] == ["a.fits"]
     assert third.this_invocation["done"] == 1
     assert len(Ledger(config.ledger).entries()) == 3  # the memo files are no entries
+
+
+def test_ledger_key_counts_patch_as_written_and_ignores_speed_settings() -> None:
+    from cnnpipe.pipeline.config import RunConfig
+    from cnnpipe.pipeline.nightly.ledger import ledger_key
+
+    def key(**run: object) -> str:
+        cfg = RunConfig.from_dict({"inputs": ["-"], "models": ["-"], "out": "-", **run})
+        return ledger_key("c0ffee", ["m1"], cfg.to_dict())
+
+    # absent and "auto" are one setting; 512 (the default before auto) is another, so a
+    # ledger begun then keeps its keys only with patch = 512 written (README "nightly")
+    assert key() == key(patch="auto")
+    assert key(patch=512) != key()
+    assert key(patch=512, batch=4, retries=0) == key(patch=512, batch="auto")
+    assert key(tile=1024) != key()

@@ -328,6 +328,26 @@ class StoreLock:
 # -- the store ---------------------------------------------------------------------------
 
 
+def _unstarted(p: Path) -> bool:
+    """Whether ``p`` is a store that no run got to write.
+
+    That is an empty directory, or one holding only a ``zarr.json`` that is cut short or
+    describes a group without attributes (what :meth:`RunStore.prepare` creates before
+    the run attributes).  A group with any attributes is someone's and stays.
+    """
+    if not p.is_dir() or {c.name for c in p.iterdir()} - {"zarr.json"}:
+        return False
+    meta = p / "zarr.json"
+    if not meta.exists():
+        return True
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return True  # cut short while being written
+    return isinstance(doc, dict) and doc.get("node_type") == "group" and not doc.get(
+        "attributes")
+
+
 def _patch_hint(old: Mapping[str, Any], diff: Sequence[str]) -> str:
     """How to resume a store that differs only in its patch size, or "".
 
@@ -376,6 +396,10 @@ class RunStore:
         """
         p = Path(path)
         store = cls(p)
+        if _unstarted(p):
+            # a run killed while creating the store (before its run attributes) left an
+            # empty directory or an empty group; nothing in it can be lost
+            shutil.rmtree(p)
         if p.exists():
             if overwrite:
                 store._remove()

@@ -232,3 +232,23 @@ def test_unit_writes_store_every_chunk_without_inspecting_it(tmp_path: Path) -> 
     base = tmp_path / "out.zarr" / "images" / "img" / "seg"
     assert (base / "mask" / "c" / "0" / "0").is_file()
     assert (base / "prob" / "c" / "0" / "0" / "0").is_file()
+
+
+@pytest.mark.parametrize("leftover", ["empty dir", "empty group", "cut-short zarr.json"])
+def test_a_store_left_unstarted_by_a_killed_run_is_created_anew(
+    tmp_path: Path, leftover: str
+) -> None:
+    # a run killed between creating the directory / group and writing its run attributes
+    out = tmp_path / "out.zarr"
+    if leftover == "empty dir":
+        out.mkdir()
+    elif leftover == "empty group":
+        zarr.open_group(str(out), mode="w-")
+    else:
+        out.mkdir()
+        (out / "zarr.json").write_text('{"zarr_format": 3, "node_ty')
+    store, resumed = RunStore.prepare(out, identity=IDENTITY, overwrite=False)
+    assert not resumed
+    assert json.loads((out / "zarr.json").read_text())["node_type"] == "group"
+    store.update_run(schema="cnnpipe.run/1", identity=IDENTITY)
+    assert store.run_attrs()["identity"] == IDENTITY

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -328,14 +329,20 @@ class StoreLock:
 # -- the store ---------------------------------------------------------------------------
 
 
+#: the temporary file zarr's LocalStore writes ``zarr.json`` through (then renames)
+_ZARR_PARTIAL = re.compile(r"zarr\.[0-9a-f]{32}\.partial")
+
+
 def _unstarted(p: Path) -> bool:
     """Whether ``p`` is a store that no run got to write.
 
     That is an empty directory, or one holding only a ``zarr.json`` that is cut short or
     describes a group without attributes (what :meth:`RunStore.prepare` creates before
-    the run attributes).  A group with any attributes is someone's and stays.
+    the run attributes), and zarr's temporary files of a write that was killed
+    (``zarr.<hex>.partial``).  A group with any attributes is someone's and stays.
     """
-    if not p.is_dir() or {c.name for c in p.iterdir()} - {"zarr.json"}:
+    if not p.is_dir() or any(c.name != "zarr.json" and not _ZARR_PARTIAL.fullmatch(c.name)
+                             for c in p.iterdir()):
         return False
     meta = p / "zarr.json"
     if not meta.exists():

@@ -234,7 +234,8 @@ def test_unit_writes_store_every_chunk_without_inspecting_it(tmp_path: Path) -> 
     assert (base / "prob" / "c" / "0" / "0" / "0").is_file()
 
 
-@pytest.mark.parametrize("leftover", ["empty dir", "empty group", "cut-short zarr.json"])
+@pytest.mark.parametrize("leftover", ["empty dir", "empty group", "cut-short zarr.json",
+                                      "zarr's temporary file"])
 def test_a_store_left_unstarted_by_a_killed_run_is_created_anew(
     tmp_path: Path, leftover: str
 ) -> None:
@@ -244,9 +245,12 @@ def test_a_store_left_unstarted_by_a_killed_run_is_created_anew(
         out.mkdir()
     elif leftover == "empty group":
         zarr.open_group(str(out), mode="w-")
-    else:
+    elif leftover == "cut-short zarr.json":
         out.mkdir()
         (out / "zarr.json").write_text('{"zarr_format": 3, "node_ty')
+    else:  # killed inside zarr's atomic write: its temporary file, no zarr.json
+        out.mkdir()
+        (out / f"zarr.{'0' * 32}.partial").write_text('{"zarr_format": 3')
     store, resumed = RunStore.prepare(out, identity=IDENTITY, overwrite=False)
     assert not resumed
     assert json.loads((out / "zarr.json").read_text())["node_type"] == "group"

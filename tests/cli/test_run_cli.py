@@ -59,9 +59,9 @@ def _invoke(*args: str) -> object:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-def _base(files: dict[str, Path], out: Path, tile: str = "32") -> list[str]:
+def _base(files: dict[str, Path], out: Path, tile: str = "32", patch: str = "24") -> list[str]:
     return ["run", str(files["image"]), "--model", str(files["seg"]), "--model",
-            str(files["craters"]), "--out", str(out), "--tile", tile, "--patch", "24",
+            str(files["craters"]), "--out", str(out), "--tile", tile, "--patch", patch,
             "--device", "cpu"]
 
 
@@ -89,7 +89,7 @@ def test_dry_run(files: dict[str, Path], tmp_path: Path) -> None:
     assert "expected memory per worker" in res.output
     assert "model seg: conv patches 24x24, halo 6, core 12x12" in res.output
     assert not out.exists()
-    auto = _invoke(*_base(files, out)[:-4], "--device", "cpu", "--patch", "auto", "--dry-run")
+    auto = _invoke(*_base(files, out, patch="auto"), "--dry-run")
     assert auto.exit_code == 0, auto.output
     assert "model seg: conv patches 44x44, halo 6, core 32x32" in auto.output  # one a unit
     for flag, bad in (("--patch", "0"), ("--batch", "many")):

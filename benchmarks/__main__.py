@@ -109,7 +109,9 @@ def _run_section(letter: str, ctx: Context, chosen: list[str], *, h_on_cpu: bool
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.suite.gpu import gpu_name
     from benchmarks.suite.report import render, targets
+    from cnnpipe.pipeline.malloc import tune_malloc
 
+    tuned = tune_malloc()  # as the cnnpipe command does, before any thread starts
     a = _parse(argv)
     if a.from_json:
         md = render(json.loads(a.from_json.read_text()))
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     data: dict[str, Any] = {
         "mode": "quick" if a.quick else "full",
+        "malloc_tuned": tuned,
         "command": " ".join(["python -m benchmarks", *args]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {**machine(("torch", "monai", "onnx")),

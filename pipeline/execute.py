@@ -110,19 +110,25 @@ def local_cluster(plan: ClusterPlan) -> Iterator[Any]:
     1.5-2 s faster end to end and one process instead of client + nanny + worker);
     several workers are separate processes.
     """
+    import dask
     from distributed import LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=plan.workers,
-        threads_per_worker=plan.threads,
-        # one worker runs in this process (threads): no spawn and no second copy of
-        # numpy/zarr/onnxruntime; the inference releases the GIL. Several are processes.
-        processes=plan.workers > 1,
-        dashboard_address=None,
-        resources={"GPU": 1} if plan.gpu else None,
-        # a failing task's traceback only with -vv: cnnpipe reports the unit in one line
-        silence_logs=logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL,
-    )
+    from cnnpipe.pipeline.malloc import malloc_env
+
+    # worker processes: glibc reads its malloc settings from the environment at start-up
+    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **malloc_env()}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+        cluster = LocalCluster(
+            n_workers=plan.workers,
+            threads_per_worker=plan.threads,
+            # one worker runs in this process (threads): no spawn and no second copy of
+            # numpy/zarr/onnxruntime; the inference releases the GIL. Several are processes.
+            processes=plan.workers > 1,
+            dashboard_address=None,
+            resources={"GPU": 1} if plan.gpu else None,
+            # a failing task's traceback only with -vv: cnnpipe reports the unit in one line
+            silence_logs=logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL,
+        )
     try:
         yield cluster
     finally:

@@ -28,6 +28,8 @@ from distributed.security import Security
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from cnnpipe.pipeline.malloc import MALLOC_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 CONTAINERFILE = ROOT / "Containerfile"
@@ -442,6 +444,20 @@ def test_jobqueue_workers_retire_before_walltime() -> None:
     # --lifetime-restart would restart the worker inside the job, which SLURM then
     # kills at walltime; the job must end instead and be replaced.
     assert "--lifetime-restart" not in args
+
+
+def test_workers_get_cnnpipes_malloc_settings() -> None:
+    # Dask workers of the image (compose, Kubernetes) and of SLURM jobs are not started
+    # by the cnnpipe command, so their environment must carry cnnpipe.pipeline.malloc's
+    # settings; a nanny passes existing variables on to its worker process.
+    env_words = " ".join(rest for word, rest in _stages()[-1] if word == "ENV").split()
+    image = dict(w.split("=", 1) for w in env_words if w.startswith("MALLOC_"))
+    assert image == dict(MALLOC_ENV)
+    (config,) = _yaml_docs(DEPLOY / "slurm" / "jobqueue.yaml")
+    exports = [line.split()[1:] for line in config["jobqueue"]["slurm"]["job-script-prologue"]
+               if line.startswith("export ")]
+    slurm = dict(w.split("=", 1) for words in exports for w in words if w.startswith("MALLOC_"))
+    assert slurm == dict(MALLOC_ENV)
 
 
 def test_slurm_tls_gives_scheduler_and_workers_their_certificates(tmp_path: Path) -> None:

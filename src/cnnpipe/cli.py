@@ -18,6 +18,7 @@ import click
 
 from cnnpipe import __version__
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.pipeline.malloc import tune_malloc
 
 __all__ = ["COMMANDS", "cli", "main"]
 
@@ -109,4 +110,6 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # before any thread allocates (a thread keeps the arena it started with)
+    tune_malloc()
     cli(prog_name="cnnpipe")

@@ -102,6 +102,7 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int | None,
     from cnnpipe.pipeline.config import RunConfig
     from cnnpipe.pipeline.execute import cluster_plan, connect
     from cnnpipe.pipeline.heads import head_for
+    from cnnpipe.pipeline.malloc import tuned_worker_processes
     from cnnpipe.pipeline.runner import prepare, run
     from cnnpipe.pipeline.worker import SessionSpec, clear_sessions, get_session, infer_unit
 
@@ -271,9 +272,10 @@ def bench_throughput(model: str, image: Path, *, tile: int, patch: int | None,
     def running_cluster_row() -> None:
         # The running cluster is up only for its own row: on a 2-core machine an idle
         # scheduler, nanny and worker cost the rows beside it 1-8 % (measured).
-        with LocalCluster(n_workers=cp.workers, threads_per_worker=cp.threads,
-                          processes=True, dashboard_address=None,
-                          silence_logs=logging.ERROR) as cluster:
+        # its worker process gets cnnpipe's malloc settings, as deploy/ gives dask workers
+        with tuned_worker_processes(), LocalCluster(
+                n_workers=cp.workers, threads_per_worker=cp.threads, processes=True,
+                dashboard_address=None, silence_logs=logging.ERROR) as cluster:
             wcfg = replace(cfg, scheduler=cluster.scheduler_address,
                            ort_threads=cp.ort_threads, out=str(work / "warmup.zarr"))
             run(wcfg)  # caches the session (and the FITS handle) on that worker, untimed
@@ -697,6 +699,9 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     from cnnpipe.pipeline.config import RunConfig
+    from cnnpipe.pipeline.malloc import tune_malloc
+
+    tune_malloc()  # as the cnnpipe command does, before any thread starts
 
     d = RunConfig(inputs=("x",), models=("m",), out="o")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],

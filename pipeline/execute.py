@@ -110,14 +110,11 @@ def local_cluster(plan: ClusterPlan) -> Iterator[Any]:
     1.5-2 s faster end to end and one process instead of client + nanny + worker);
     several workers are separate processes.
     """
-    import dask
     from distributed import LocalCluster
 
-    from cnnpipe.pipeline.malloc import malloc_env
+    from cnnpipe.pipeline.malloc import tuned_worker_processes
 
-    # worker processes: glibc reads its malloc settings from the environment at start-up
-    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **malloc_env()}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+    with tuned_worker_processes():
         cluster = LocalCluster(
             n_workers=plan.workers,
             threads_per_worker=plan.threads,

@@ -24,12 +24,13 @@ means the user chose: cnnpipe then changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
-__all__ = ["MALLOC_ENV", "malloc_env", "tune_malloc", "user_chose_malloc"]
+__all__ = ["MALLOC_ENV", "malloc_env", "tune_malloc", "tuned_worker_processes", "user_chose_malloc"]
 
 #: the settings as glibc environment variables (read once, when a process starts)
 MALLOC_ENV: Mapping[str, str] = {
@@ -64,6 +65,21 @@ def user_chose_malloc(environ: Mapping[str, str] | None = None) -> bool:
 def malloc_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The variables to give a worker process cnnpipe starts ({} when the user chose)."""
     return {} if user_chose_malloc(environ) else dict(MALLOC_ENV)
+
+
+@contextlib.contextmanager
+def tuned_worker_processes() -> Iterator[None]:
+    """Dask nannies created inside start their worker processes with :func:`malloc_env`.
+
+    glibc reads the variables when a process starts, so they go into the nanny's
+    pre-spawn environment (where Dask itself puts ``MALLOC_TRIM_THRESHOLD_``); a variable
+    already in this process's environment still wins there.
+    """
+    import dask
+
+    key = "distributed.nanny.pre-spawn-environ"
+    with dask.config.set({key: {**dask.config.get(key, {}), **malloc_env()}}):
+        yield
 
 
 def tune_malloc() -> bool:

@@ -72,6 +72,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="before each timing, wait until other processes use fewer cores [0.3]")
     ap.add_argument("--quiet-budget", type=float,
                     help="seconds the waiting for quiet may take in all [600; quick 0]")
+    ap.add_argument("--malloc", choices=("cnnpipe", "glibc"), default="cnnpipe",
+                    help="allocator settings of this process (both sides of every "
+                         "comparison) and of the cnnpipe commands it starts: cnnpipe's "
+                         "(what `cnnpipe` sets for itself) or glibc's defaults [cnnpipe]")
     ap.add_argument("--from-json", type=Path,
                     help="only re-render the Markdown of an earlier run's JSON (next to it)")
     ap.add_argument("--h-on-cpu", action="store_true",
@@ -109,10 +113,12 @@ def _run_section(letter: str, ctx: Context, chosen: list[str], *, h_on_cpu: bool
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.suite.gpu import gpu_name
     from benchmarks.suite.report import render, targets
-    from cnnpipe.pipeline.malloc import tune_malloc
+    from cnnpipe.pipeline.malloc import OPT_OUT, tune_malloc
 
-    tuned = tune_malloc()  # as the cnnpipe command does, before any thread starts
     a = _parse(argv)
+    if a.malloc == "glibc":  # this process, the CLIs it starts and their workers
+        os.environ[OPT_OUT] = "off"
+    tuned = tune_malloc()  # as the cnnpipe command does, before any thread starts
     if a.from_json:
         md = render(json.loads(a.from_json.read_text()))
         a.from_json.with_suffix(".md").write_text(md)
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "sections": {},
     }
     stem = ("suite-quick" if a.quick else "suite") + (
-        "-" + "".join(chosen) if a.only else "")
+        "-" + "".join(chosen) if a.only else "") + ("-glibc-malloc" if not tuned else "")
     a.out.mkdir(parents=True, exist_ok=True)
     failed = False
     try:

@@ -19,7 +19,7 @@ worker runs in-process) and the worker processes of an embedded multi-process cl
 of an external cluster get it from their environment (``deploy/`` and the Containerfile
 set :data:`MALLOC_ENV`).  Any glibc malloc variable already in the environment
 (``MALLOC_ARENA_MAX``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES=glibc.malloc...``)
-means the user chose: cnnpipe then changes nothing.
+means the user chose: cnnpipe then changes nothing; so does ``CNNPIPE_MALLOC=off``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 
-__all__ = ["MALLOC_ENV", "malloc_env", "tune_malloc", "tuned_worker_processes", "user_chose_malloc"]
+__all__ = [
+    "MALLOC_ENV", "OPT_OUT", "malloc_env", "tune_malloc", "tuned_worker_processes",
+    "user_chose_malloc",
+]
 
 #: the settings as glibc environment variables (read once, when a process starts)
 MALLOC_ENV: Mapping[str, str] = {
@@ -54,9 +57,15 @@ _lock = threading.Lock()
 _tuned: bool | None = None
 
 
+#: ``CNNPIPE_MALLOC=off``: leave glibc's defaults (also to worker processes)
+OPT_OUT = "CNNPIPE_MALLOC"
+
+
 def user_chose_malloc(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the environment already sets glibc malloc (then cnnpipe leaves it alone)."""
+    """Whether the environment sets glibc malloc itself, or says ``CNNPIPE_MALLOC=off``."""
     env = os.environ if environ is None else environ
+    if env.get(OPT_OUT, "").strip().lower() in ("off", "0", "no", "false"):
+        return True
     if any(v in env for v in _USER_VARIABLES):
         return True
     return "glibc.malloc." in env.get("GLIBC_TUNABLES", "")

@@ -65,6 +65,11 @@ def render(data: dict[str, Any]) -> str:
         + f", engine sources {code['sources_sha256']}"
         + (" - **the engine's sources changed during the run: rerun.**"
            if data.get("code_changed_during_run") else ".") + "  ",
+        "Allocator: " + ("cnnpipe's glibc malloc settings (one arena, no mmap, no trimming; "
+                         "`cnnpipe.pipeline.malloc`) for both sides of every comparison"
+                         if data.get("malloc_tuned") else
+                         "glibc's defaults for both sides of every comparison "
+                         "(`--malloc glibc`, or not a glibc system)") + ".  ",
         f"Noise: before each timing the suite waited until other processes used < "
         f"{data['settings']['quiet_cores']} cores (at most {data['settings']['quiet_budget']:.0f}"
         f" s in all; waited {data['quiet_waited_s']:.0f} s); load average at start "

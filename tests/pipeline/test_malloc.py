@@ -61,6 +61,8 @@ def test_malloc_set_by_the_user_is_left_alone() -> None:
     assert user_chose_malloc({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
     assert not user_chose_malloc({"GLIBC_TUNABLES": "glibc.rtld.nns=2"})
     assert malloc_env({"MALLOC_TRIM_THRESHOLD_": "0"}) == {}
+    assert malloc_env({"CNNPIPE_MALLOC": "off"}) == {}
+    assert _probe("tune", CNNPIPE_MALLOC="off")[0] is False
     assert malloc_env({}) == dict(MALLOC_ENV)
 
 

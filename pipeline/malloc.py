@@ -9,9 +9,9 @@ threaded worker each ``munmap`` also interrupts the other threads' inference (TL
 shootdowns).  With one arena, no ``mmap`` and no trimming, the heap grows once to the
 run's peak and is reused: on the 2-core benchmark machine the 4096² demo_segment run
 went from ~210,000 page faults and 0.5-0.9 s of kernel time per warm run to under
-50,000 and 0.25-0.4 s, and from 2.80-3.03 s to 2.62-2.68 s end to end.  Peak memory is
-unchanged (the peak is the peak); memory freed after it is kept for reuse until the
-process ends.
+50,000 and 0.25-0.4 s, and the benchmark suite's section a from 3.12 s to 2.71 s end
+to end.  Peak memory grows a little (a 16000² run: 1,255 -> 1,323 MiB): memory freed
+after the peak is kept for reuse until the process ends.
 
 Only processes cnnpipe starts are tuned: the ``cnnpipe`` command (whose embedded
 worker runs in-process) and the worker processes of an embedded multi-process cluster
@@ -42,6 +42,9 @@ MALLOC_ENV: Mapping[str, str] = {
     "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
 }
 
+#: ``CNNPIPE_MALLOC=off``: leave glibc's defaults (also to worker processes)
+OPT_OUT = "CNNPIPE_MALLOC"
+
 # mallopt(3) parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -55,10 +58,6 @@ _USER_VARIABLES = (
 
 _lock = threading.Lock()
 _tuned: bool | None = None
-
-
-#: ``CNNPIPE_MALLOC=off``: leave glibc's defaults (also to worker processes)
-OPT_OUT = "CNNPIPE_MALLOC"
 
 
 def user_chose_malloc(environ: Mapping[str, str] | None = None) -> bool:

@@ -34,11 +34,17 @@ print(json.dumps({"tuned": tuned, "faults": faults[0]}))
 """
 
 
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without malloc settings or cnnpipe's opt-out, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MALLOC_", "GLIBC_")) and k != "CNNPIPE_MALLOC"}
+    return {**env, **extra}
+
+
 def _probe(mode: str, **env: str) -> tuple[bool | None, int]:
     """(what tune_malloc returned, page faults of the second allocation)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
     # numpy's transparent-huge-page advice would hide the 4 KiB faults counted here
-    clean.update(NUMPY_MADVISE_HUGEPAGE="0", **env)
+    clean = _clean_env(NUMPY_MADVISE_HUGEPAGE="0", **env)
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=clean, check=True,
                          capture_output=True, text=True).stdout
     result = json.loads(out)
@@ -52,6 +58,16 @@ def test_tuned_process_reuses_a_freed_unit_buffer() -> None:
     # 200 MB is ~49,000 pages of 4 KiB: faulted in again by default, reused when tuned
     assert default_faults > 40_000
     assert tuned_faults < 1_000
+
+
+def test_the_cnnpipe_command_tunes_before_it_runs_anything() -> None:
+    code = ("import sys; from cnnpipe import cli; from cnnpipe.pipeline import malloc\n"
+            "sys.argv = ['cnnpipe', '--version']\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+            "print(malloc._tuned)")
+    out = subprocess.run([sys.executable, "-c", code], env=_clean_env(), check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out[-1] == "True"
 
 
 def test_malloc_set_by_the_user_is_left_alone() -> None:
@@ -68,7 +84,7 @@ def test_malloc_set_by_the_user_is_left_alone() -> None:
 
 def test_worker_processes_of_the_embedded_cluster_get_the_settings(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    for k in [k for k in os.environ if k.startswith(("MALLOC_", "GLIBC_"))]:
+    for k in set(os.environ) - set(_clean_env()):
         monkeypatch.delenv(k)
     from distributed import Client
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from benchmarks.common import REPO, log
 
-__all__ = ["UNet", "cheap_model", "export_variant", "identity_segment_model", "make_unet"]
+__all__ = ["UNet", "cheap_model", "export_variant", "export_width", "identity_segment_model",
+           "make_unet"]
 
 NAME = "bench_segment"
 
@@ -153,6 +154,23 @@ def export_variant(fp32: Path, precision: str, calibration: Path) -> tuple[Path,
     t0 = time.perf_counter()
     _cnnpipe(cmd, out.with_suffix(".log"))
     return out, time.perf_counter() - t0
+
+
+def export_width(folder: Path, base: int, precision: str, *, calibration: Path,
+                 normalisation: str) -> Path:
+    """``segment_unet`` with ``base`` channels and seeded random weights, fp32 or int8.
+
+    Only its speed means something: with random weights the exporter's int8 accuracy
+    checks are opened (they still run and are logged).  Exported afresh every time.
+    """
+    out = folder / f"width{base}_{precision}.onnx"
+    cmd = ["export", "segment_unet", "--arch-opt", f"base={base}", "--task", "segment",
+           "--bands", "r", "--normalisation", normalisation, "--seed", "0", "--out", str(out)]
+    if precision == "int8":
+        cmd += ["--quantize", "int8", "--calibrate", str(calibration), "--min-agreement", "0",
+                "--int8-tolerance", "1e9"]
+    _cnnpipe(cmd, out.with_suffix(".log"))
+    return out
 
 
 def _cnnpipe(args: list[str], log_path: Path) -> None:

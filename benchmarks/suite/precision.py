@@ -8,6 +8,11 @@ options) over exactly the batches the plan makes, interleaved.  Agreement: the e
 stitched output of the whole image with each variant (``infer_unit``, as a worker
 computes it) against fp32: class-mask (argmax) agreement over all pixels, and the max
 abs difference of the probabilities.
+
+Beside the target, an informative sweep over the U-Net's width: ``segment_unet`` with
+``base`` 8 (the demo's), 16 and 32 channels, seeded random weights, fp32 against int8 on
+the first batches of the same plan (speed only: random weights give no meaningful
+masks).  It shows where int8 starts to pay on this CPU.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import Timings, build_batches, engine_probs, log, ort_session, ratio
-from benchmarks.suite.assets import export_variant
+from benchmarks.suite.assets import export_variant, export_width
 from benchmarks.suite.context import Context
 
 __all__ = ["TARGET_AGREEMENT", "TARGET_INT8", "markdown_f", "run_f", "targets_f"]
@@ -27,6 +32,9 @@ __all__ = ["TARGET_AGREEMENT", "TARGET_INT8", "markdown_f", "run_f", "targets_f"
 TARGET_INT8 = 1.5
 TARGET_AGREEMENT = 0.99
 VARIANTS = ("fp32", "fp16", "int8")
+#: ``segment_unet`` widths of the informative int8 sweep, and its batches per timing
+WIDTHS = (8, 16, 32)
+SWEEP_BATCHES = 4
 
 
 def optimized_ops(path: Path, threads: int) -> dict[str, int]:
@@ -102,7 +110,35 @@ def run_f(ctx: Context) -> dict[str, Any]:
         }
     return {"image": {"shape": list(prep.sources[0].shape)}, "patches": bt.n_patches,
             "patch": list(bt.patch), "batches": len(bt.norm), "threads": ctx.cores,
-            "calibration": calib.name, "results": res, "variants": variants}
+            "calibration": calib.name, "results": res, "variants": variants,
+            "widths": width_sweep(ctx, bt.norm[:SWEEP_BATCHES], (i_name, o_name), calib,
+                                  unet.normalisation)}
+
+
+def width_sweep(ctx: Context, batches: list[Any], names: tuple[str, str], calib: Path,
+                normalisation: str) -> dict[str, Any]:
+    """int8 vs fp32 seconds of ``segment_unet`` at each of :data:`WIDTHS` (speed only)."""
+    i_name, o_name = names
+    folder = ctx.work / "widths"
+    folder.mkdir(parents=True, exist_ok=True)
+    sessions = {}
+    for base in WIDTHS:
+        for v in ("fp32", "int8"):
+            log(f"f: width sweep: cnnpipe export segment_unet base={base} ({v})")
+            path = export_width(folder, base, v, calibration=calib, normalisation=normalisation)
+            sess = ort_session(str(path), ctx.cores)
+            for x in {x.shape: x for x in batches}.values():  # first-call allocations
+                sess.run([o_name], {i_name: x})
+            sessions[f"base{base}_{v}"] = sess
+    t = Timings(ctx.meter)
+    for rep in range(ctx.settings.reps):
+        log(f"f: width sweep rep {rep + 1}/{ctx.settings.reps}")
+        for key, sess in sessions.items():
+            t.measure(key, lambda sess=sess: [sess.run([o_name], {i_name: x}) for x in batches])
+    res = t.summary()
+    return {"patches": sum(len(x) for x in batches), "patch": list(batches[0].shape[2:]),
+            "results": res,
+            "speedup": {str(b): ratio(res, f"base{b}_fp32", f"base{b}_int8") for b in WIDTHS}}
 
 
 def targets_f(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -144,4 +180,21 @@ def markdown_f(r: dict[str, Any]) -> list[str]:
         ops = r["variants"][v]["optimized_ops"]
         lines.append(f"Ops onnxruntime runs for {v} (after its graph optimisations): "
                      + ", ".join(f"{k} {n}" for k, n in ops.items()) + ".  ")
+    sw = r.get("widths")
+    if sw:
+        lines += [
+            "",
+            f"int8 by network width (informative): `segment_unet` with `base` channels at "
+            f"the first level (the demo's is 8), seeded random weights (speed only), the "
+            f"same {sw['patches']} patches of {sw['patch'][0]}x{sw['patch'][1]}, bare "
+            "onnxruntime as above. Seconds: median of interleaved runs (best).",
+            "",
+            "| base | fp32 seconds | int8 seconds | int8 speed-up |",
+            "|---|---|---|---|",
+        ]
+        for b in WIDTHS:
+            f32, i8 = sw["results"][f"base{b}_fp32"], sw["results"][f"base{b}_int8"]
+            sp = sw["speedup"][str(b)]
+            lines.append(f"| {b} | {f32['median']:.2f} ({f32['min']:.2f}) | {i8['median']:.2f} "
+                         f"({i8['min']:.2f}) | {sp['median']:.2f}x (best {sp['best']:.2f}x) |")
     return lines

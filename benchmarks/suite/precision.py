@@ -74,20 +74,7 @@ def run_f(ctx: Context) -> dict[str, Any]:
     meta = prep.jobs[0].meta
     i_name, o_name = meta.input.name, meta.output.name
     sessions = {v: ort_session(str(p), ctx.cores) for v, p in paths.items()}
-    for sess in sessions.values():  # first-call allocations per input shape, untimed
-        for x in {x.shape: x for x in bt.norm}.values():
-            sess.run([o_name], {i_name: x})
-
-    def loop(sess: Any) -> None:
-        for x in bt.norm:
-            sess.run([o_name], {i_name: x})
-
-    t = Timings(ctx.meter)
-    for rep in range(s.reps):
-        log(f"f: rep {rep + 1}/{s.reps}")
-        for v, sess in sessions.items():
-            t.measure(v, lambda sess=sess: loop(sess))
-    res = t.summary()
+    res = _interleaved(ctx, sessions, bt.norm, (i_name, o_name), "f")
     npix = bt.n_patches * bt.patch[0] * bt.patch[1] / 1e6
     for v in res.values():
         v["patch_mpix_s"] = npix / v["median"]
@@ -118,7 +105,6 @@ def run_f(ctx: Context) -> dict[str, Any]:
 def width_sweep(ctx: Context, batches: list[Any], names: tuple[str, str], calib: Path,
                 normalisation: str) -> dict[str, Any]:
     """int8 vs fp32 seconds of ``segment_unet`` at each of :data:`WIDTHS` (speed only)."""
-    i_name, o_name = names
     folder = ctx.work / "widths"
     folder.mkdir(parents=True, exist_ok=True)
     sessions = {}
@@ -126,19 +112,31 @@ def width_sweep(ctx: Context, batches: list[Any], names: tuple[str, str], calib:
         for v in ("fp32", "int8"):
             log(f"f: width sweep: cnnpipe export segment_unet base={base} ({v})")
             path = export_width(folder, base, v, calibration=calib, normalisation=normalisation)
-            sess = ort_session(str(path), ctx.cores)
-            for x in {x.shape: x for x in batches}.values():  # first-call allocations
-                sess.run([o_name], {i_name: x})
-            sessions[f"base{base}_{v}"] = sess
-    t = Timings(ctx.meter)
-    for rep in range(ctx.settings.reps):
-        log(f"f: width sweep rep {rep + 1}/{ctx.settings.reps}")
-        for key, sess in sessions.items():
-            t.measure(key, lambda sess=sess: [sess.run([o_name], {i_name: x}) for x in batches])
-    res = t.summary()
+            sessions[f"base{base}_{v}"] = ort_session(str(path), ctx.cores)
+    res = _interleaved(ctx, sessions, batches, names, "f: width sweep")
     return {"patches": sum(len(x) for x in batches), "patch": list(batches[0].shape[2:]),
             "results": res,
             "speedup": {str(b): ratio(res, f"base{b}_fp32", f"base{b}_int8") for b in WIDTHS}}
+
+
+def _interleaved(ctx: Context, sessions: dict[str, Any], batches: list[Any],
+                 names: tuple[str, str], label: str) -> dict[str, dict[str, Any]]:
+    """Seconds of each session over ``batches``, ``reps`` interleaved repetitions."""
+    i_name, o_name = names
+    for sess in sessions.values():  # first-call allocations per input shape, untimed
+        for x in {x.shape: x for x in batches}.values():
+            sess.run([o_name], {i_name: x})
+
+    def loop(sess: Any) -> None:
+        for x in batches:
+            sess.run([o_name], {i_name: x})
+
+    t = Timings(ctx.meter)
+    for rep in range(ctx.settings.reps):
+        log(f"{label}: rep {rep + 1}/{ctx.settings.reps}")
+        for key, sess in sessions.items():
+            t.measure(key, lambda sess=sess: loop(sess))
+    return t.summary()
 
 
 def targets_f(r: dict[str, Any]) -> list[dict[str, Any]]:

@@ -120,7 +120,7 @@ def unit_components(
             out[f"psum_{k}"] = np.bincount(comp, weights=pk, minlength=n + 1)[1:]
     ring = nodata_ring if nodata_ring is not None else np.pad(mask == NODATA, 1)
     if ring.any():
-        near = ndimage.binary_dilation(ring, structure=_EIGHT)[1:-1, 1:-1].ravel()[where]
+        near = _near(ring).ravel()[where]
         masked = np.bincount(comp, weights=near, minlength=n + 1)[1:] > 0
     else:
         masked = np.zeros(n, dtype=bool)
@@ -131,6 +131,20 @@ def unit_components(
     for name, line in zip(EDGES, (cols, cols + (h - 1) * w, rows, rows + (w - 1))):
         out[name] = _component_at(line, where, comp) - 1
     return out
+
+
+def _near(ring: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Pixels of the unit on or 8-adjacent to a True pixel of its ``(h + 2, w + 2)`` ring.
+
+    ``binary_dilation(ring, 3x3)[1:-1, 1:-1]``, as a row pass and a column pass of
+    shifted ORs: a few ms on a 2048² unit against ~27 ms for :mod:`scipy.ndimage`'s
+    general-structure dilation.
+    """
+    rows = ring[:, :-2] | ring[:, 1:-1]
+    rows |= ring[:, 2:]
+    near = rows[:-2] | rows[1:-1]
+    near |= rows[2:]
+    return near
 
 
 def _component_at(flat: I64, where: I64, comp: I64) -> I64:

@@ -322,7 +322,7 @@ def dry_run(config: RunConfig) -> list[str]:
     from cnnpipe.pipeline.activations import peak_activation_bytes
 
     prep = prepare(config)
-    cp = cluster_plan(config)
+    cp = cluster_plan(config, units=prep.plan.n_units)
     acts = {
         j.name: peak_activation_bytes(onnx.load(j.path), (j.geometry.batch, j.meta.n_bands,
                                                           *j.geometry.patch))
@@ -433,7 +433,7 @@ def run(
             log.info("resuming %s: %d of %d units already done", out, skipped, prep.plan.n_units)
         results = []
         if n_todo:
-            cp = cluster_plan(config, gpu=gpu)
+            cp = cluster_plan(config, gpu=gpu, units=n_todo)
             with connect(config, cp) as client:
                 spec, resources = device_spec(
                     client, config, cp, [(j.path, j.sha256) for j in prep.jobs]

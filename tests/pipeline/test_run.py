@@ -673,6 +673,54 @@ def test_cluster_sizing_keeps_threads_within_cores() -> None:
     assert cluster_plan(cfg, cores=16, gpu=True).workers == 1
 
 
+def test_fewer_units_than_threads_get_wider_inference_streams() -> None:
+    """A frame-sized image (or the rest of a resumed run) must not leave cores idle."""
+    from cnnpipe.pipeline.execute import cluster_plan
+
+    cfg = RunConfig(inputs=("a",), models=("m",), out="o")
+
+    def layout(c: RunConfig = cfg, **kw: Any) -> tuple[int, int, int]:
+        p = cluster_plan(c, **kw)
+        return p.workers, p.threads, p.ort_threads
+
+    assert layout(cores=2, units=1) == (1, 1, 2)
+    assert layout(cores=16, units=1) == (1, 1, 16)
+    assert layout(cores=16, units=3) == (1, 3, 5)
+    assert layout(cores=16, units=8) == (4, 2, 2)  # enough units: the default layout
+    assert layout(cores=16, units=500) == (4, 2, 2)
+    assert layout(cores=2, units=0) == (1, 2, 1)
+    # the user's layout and GPU runs are left as they are
+    assert layout(replace(cfg, threads=2), cores=2, units=1) == (1, 2, 1)
+    assert layout(replace(cfg, ort_threads=1), cores=2, units=1) == (1, 2, 1)
+    assert layout(cores=16, units=1, gpu=True) == (1, 1, 16)
+    assert cluster_plan(cfg, cores=16, units=1, gpu=True).gpu
+
+
+def test_run_sizes_the_embedded_cluster_by_the_units_left(
+    data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cnnpipe.pipeline.runner as runner_mod
+
+    seen: list[int | None] = []
+    real = runner_mod.cluster_plan
+
+    def spy(config: RunConfig, **kw: Any) -> Any:
+        if "gpu" in kw:  # the run's own call, not dry_run's
+            seen.append(kw.get("units"))
+        return real(config, **kw)
+
+    monkeypatch.setattr(runner_mod, "cluster_plan", spy)
+    out = tmp_path / "o.zarr"
+    cfg = data.config(out, models=(str(data.models["seg"]),), workers=None, threads=None)
+    n_units = prepare(cfg).plan.n_units
+    first = run(cfg, stop_after=2)
+    run(cfg)
+    assert 0 < first.pending < n_units
+    assert seen == [n_units, first.pending]
+    lines = dry_run(replace(cfg, tile=256))  # one unit
+    assert any("embedded cluster: 1 worker(s) x 1 thread(s)" in ln for ln in lines), lines
+
+
 @pytest.mark.gpu
 def test_gpu_run_matches_cpu_run(data: Data, reference: Path, tmp_path: Path) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():

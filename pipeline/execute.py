@@ -303,7 +303,7 @@ def run_units(
     if window is None:
         window = 2 * max(1, sum(client.nthreads().values()))
     todo = iter(tasks)
-    ac = as_completed()
+    ac = as_completed(loop=client.loop)  # not the default client's (another run's) loop
     flight: dict[str, UnitTask] = {}
     results: list[UnitResult] = []
 

@@ -70,9 +70,11 @@ class _Rate:
 class LogReporter:
     """A log line every ``every_units`` units or ``every_s`` seconds, and at the end."""
 
-    def __init__(self, *, every_s: float = 10.0, every_units: int = 100) -> None:
+    def __init__(self, *, every_s: float = 10.0, every_units: int = 100,
+                 label: str = "") -> None:
         self.every_s = every_s
         self.every_units = every_units
+        self.prefix = f"{label}: " if label else ""
         self.rate = _Rate()
         self._last = time.monotonic()
         self._since = 0
@@ -81,7 +83,8 @@ class LogReporter:
         """Log the size of the run."""
         self.rate = _Rate()
         self.rate.total = total - skipped
-        log.info("work units: %d to run, %d already done", total - skipped, skipped)
+        log.info("%swork units: %d to run, %d already done", self.prefix, total - skipped,
+                 skipped)
 
     def advance(self, result: UnitResult) -> None:
         """Count a unit; log when a line is due."""
@@ -95,7 +98,7 @@ class LogReporter:
     def _line(self) -> None:
         eta = self.rate.eta_s
         log.info(
-            "units %d/%d, %.2f Mpix/s, ETA %s", self.rate.units, self.rate.total,
+            "%sunits %d/%d, %.2f Mpix/s, ETA %s", self.prefix, self.rate.units, self.rate.total,
             self.rate.mpix_s, "?" if eta is None else f"{eta:.0f} s",
         )
 
@@ -144,8 +147,12 @@ class RichReporter:
         self.progress.stop()
 
 
-def make_reporter(*, tty: bool | None = None, every_s: float = 10.0) -> Reporter:
-    """A :class:`RichReporter` on a terminal (stderr), a :class:`LogReporter` otherwise."""
+def make_reporter(*, tty: bool | None = None, every_s: float = 10.0,
+                  label: str = "") -> Reporter:
+    """A :class:`RichReporter` on a terminal (stderr), a :class:`LogReporter` otherwise.
+
+    ``label`` starts every log line (runs side by side: which one it is).
+    """
     if tty is None:
         tty = sys.stderr.isatty()
-    return RichReporter() if tty else LogReporter(every_s=every_s)
+    return RichReporter() if tty else LogReporter(every_s=every_s, label=label)

@@ -26,6 +26,8 @@ class NightCluster:
     description: str
     #: onnxruntime intra-op threads per session (None: cnnpipe run's default)
     ort_threads: int | None = None
+    #: Dask threads of the whole cluster, where known when it starts (embedded)
+    threads: int | None = None
 
 
 def _security(spec: ClusterSpec) -> Any:
@@ -103,6 +105,7 @@ def open_cluster(spec: ClusterSpec, run: RunConfig, *, gpu: bool) -> Iterator[Ni
         with local_cluster(plan) as cluster:
             yield NightCluster(
                 address=cluster.scheduler_address, ort_threads=plan.ort_threads,
+                threads=plan.workers * plan.threads,
                 description=f"embedded: {plan.workers} worker(s) x {plan.threads} thread(s) x "
                             f"{plan.ort_threads} onnxruntime thread(s)" + (", GPU" if gpu else ""),
             )

@@ -19,6 +19,7 @@ Example (``deploy/nightly.example.toml`` has a commented one)::
     kind = "embedded"                      # embedded | scheduler | slurm | kubernetes
     address = "tls://dask-scheduler:8786"  # kind = "scheduler"
     workers = 4
+    inputs_at_once = 2                     # default: the embedded cluster's threads, else 2
     tls_ca_file = "/etc/cnnpipe/tls/ca.pem"
     tls_cert = "/etc/cnnpipe/tls/client.pem"
     tls_key = "/etc/cnnpipe/tls/client.key"
@@ -124,6 +125,10 @@ class ClusterSpec:
         Scheduler address (``tcp://`` or ``tls://``), for ``scheduler``.
     workers : int or None
         Worker processes (embedded) or workers to scale to (slurm, kubernetes).
+    inputs_at_once : int or None
+        Inputs run side by side on the cluster (each its own store and run), so that
+        frame-sized inputs with fewer work units than the cluster has threads keep it
+        busy; None: the embedded cluster's Dask threads, 2 for the other kinds.
     tls_ca_file, tls_cert, tls_key : str or None
         Mutual TLS to the scheduler (all three or none).
     slurm, kubernetes : dict
@@ -134,6 +139,7 @@ class ClusterSpec:
     kind: ClusterKind = ClusterKind.EMBEDDED
     address: str | None = None
     workers: int | None = None
+    inputs_at_once: int | None = None
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -151,10 +157,12 @@ class ClusterSpec:
         except ValueError:
             raise _fail(where, "[cluster] kind: Expected one of "
                         f"{[k.value for k in ClusterKind]}. Got {data.get('kind')!r}.") from None
-        workers = data.get("workers")
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                    or workers < 1):
-            raise _fail(where, f"[cluster] workers: Expected a positive integer. Got {workers!r}.")
+        workers, at_once = data.get("workers"), data.get("inputs_at_once")
+        for key, value in (("workers", workers), ("inputs_at_once", at_once)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise _fail(where, f"[cluster] {key}: Expected a positive integer. Got "
+                            f"{value!r}.")
         address = data.get("address")
         if kind is ClusterKind.SCHEDULER:
             address = _str(where, "[cluster] address (kind = 'scheduler')", address)
@@ -168,7 +176,8 @@ class ClusterSpec:
         for name in ("slurm", "kubernetes"):
             if not isinstance(data.get(name, {}), Mapping):
                 raise _fail(where, f"[cluster.{name}]: Expected a table. Got {data[name]!r}.")
-        return cls(kind=kind, address=address, workers=workers, tls_ca_file=tls[0],
+        return cls(kind=kind, address=address, workers=workers, inputs_at_once=at_once,
+                   tls_ca_file=tls[0],
                    tls_cert=tls[1], tls_key=tls[2], slurm=dict(data.get("slurm", {})),
                    kubernetes=dict(data.get("kubernetes", {})))
 

@@ -29,8 +29,11 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -182,9 +185,52 @@ def _triage(path: Path, *, model_sha: list[str], template: RunConfig,
                         reason=f"already {done.status.value} (night {done.night})")
 
 
+def _same_content(todo: list[_Todo]) -> tuple[list[_Todo], list[InputOutcome]]:
+    """The first input of each ledger key, and outcomes for its copies of this night."""
+    first: dict[str, _Todo] = {}
+    copies = []
+    for t in todo:
+        if t.key not in first:
+            first[t.key] = t
+            continue
+        reason = f"same content, models and settings as {first[t.key].path} (this night)"
+        event("input_skipped", input=str(t.path), reason=reason)
+        copies.append(InputOutcome(input=str(t.path), status="skipped", sha256=t.sha,
+                                   reason=reason))
+    return list(first.values()), copies
+
+
+def _side_by_side(work: Callable[[int, _Todo], InputOutcome], todo: Sequence[_Todo],
+                  at_once: int) -> list[InputOutcome]:
+    """``work(i, t)`` for every input, ``at_once`` at a time; outcomes in input order.
+
+    An exception (a configuration or model error, which would fail every input) stops
+    the inputs not yet started and is raised once the running ones have finished, so
+    that no store is left half-written by this job.
+    """
+    if at_once <= 1:
+        return [work(i, t) for i, t in enumerate(todo, 1)]
+    stop = threading.Event()
+
+    def guarded(i: int, t: _Todo) -> InputOutcome | None:
+        if stop.is_set():
+            return None  # not started: another input failed the night
+        try:
+            return work(i, t)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="cnnpipe-input") as pool:
+        futures = [pool.submit(guarded, i, t) for i, t in enumerate(todo, 1)]
+        # a None (skipped) always comes with a later exception, raised here in order
+        return [o for o in (f.result() for f in futures) if o is not None]
+
+
 def _process(
     config: NightlyConfig, night: str, todo: _Todo, *, models: list[str],
     template: RunConfig, cluster: NightCluster, ledger: Ledger, reporter_every: float,
+    side_by_side: bool = False,
 ) -> InputOutcome:
     from cnnpipe.pipeline.progress import make_reporter
     from cnnpipe.pipeline.runner import run
@@ -198,7 +244,10 @@ def _process(
                  tls_key=config.cluster.tls_key, workers=None, threads=None)
     event("input_started", input=str(path), sha256=sha, store=str(store))
     try:
-        summary = run(rc, reporter=make_reporter(every_s=reporter_every))
+        # runs side by side log plain lines, each naming its input, not several bars
+        reporter = make_reporter(every_s=reporter_every, tty=False if side_by_side else None,
+                                 label=path.name if side_by_side else "")
+        summary = run(rc, reporter=reporter)
     except (InputError, ModelMismatchError) as exc:
         reason = " ".join(str(exc).split())
         dest = _quarantine(config, night, path, sha, reason)
@@ -268,20 +317,25 @@ def run_nightly(
         ledger = Ledger(config.ledger)
         triaged = [_triage(p, model_sha=model_sha, template=template, ledger=ledger)
                    for p in inputs]
-        todo = [t for t in triaged if isinstance(t, _Todo)]
-        report.outcomes = [t for t in triaged if isinstance(t, InputOutcome)]
+        todo, copies = _same_content([t for t in triaged if isinstance(t, _Todo)])
+        report.outcomes = [t for t in triaged if isinstance(t, InputOutcome)] + copies
         report.cluster = "none (nothing to do)"
         if todo:  # a night with nothing new starts no cluster
             gpu = config.cluster.kind.value == "embedded" and local_gpu(
                 replace(template, scheduler=None))
             with open_cluster(config.cluster, template, gpu=gpu) as cluster:
                 report.cluster = cluster.description
-                event("cluster", description=cluster.description, todo=len(todo))
-                for i, t in enumerate(todo, 1):
+                at_once = min(len(todo), config.cluster.inputs_at_once or cluster.threads or 2)
+                event("cluster", description=cluster.description, todo=len(todo),
+                      inputs_at_once=at_once)
+
+                def work(i: int, t: _Todo) -> InputOutcome:
                     event("input", index=f"{i}/{len(todo)}", input=str(t.path))
-                    report.outcomes.append(_process(
-                        config, night, t, models=models, template=template, cluster=cluster,
-                        ledger=ledger, reporter_every=reporter_every))
+                    return _process(config, night, t, models=models, template=template,
+                                    cluster=cluster, ledger=ledger,
+                                    reporter_every=reporter_every, side_by_side=at_once > 1)
+
+                report.outcomes += _side_by_side(work, todo, at_once)
         if plots:
             for o in report.outcomes:
                 if o.status == "done" and o.store:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,7 +58,8 @@ def _exposures(folder: Path, *, corrupt: bool = True) -> dict[str, Path]:
     return files
 
 
-def _config(root: Path, models: list[Path], **extra: object) -> Path:
+def _config(root: Path, models: list[Path], *, cluster: dict[str, object] | None = None,
+            **extra: object) -> Path:
     lines = [
         f'output_root = "{root / "out"}"',
         f'inputs = ["{root / "incoming" / "{night}"}"]',
@@ -67,6 +70,7 @@ def _config(root: Path, models: list[Path], **extra: object) -> Path:
         "[cluster]",
         'kind = "embedded"',
         "workers = 1",
+        *(f"{k} = {json.dumps(v)}" for k, v in (cluster or {}).items()),
     ]
     path = root / "nightly.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -160,6 +164,59 @@ def test_a_night_processes_good_inputs_once_and_quarantines_the_corrupt_one(
                                                  for o in report.outcomes]  # the earlier one
 
 
+def test_copies_of_one_input_in_the_same_night_are_processed_once(
+    tmp_path: Path, models: list[Path]
+) -> None:
+    folder = tmp_path / "incoming" / NIGHT
+    folder.mkdir(parents=True)
+    first = write_float(folder / "a.fits", shape=(40, 50), seed=1)[0]
+    shutil.copy(first, folder / "b-copy-of-a.fits")
+    write_float(folder / "c.fits", shape=(40, 50), seed=2)
+    report = run_nightly(NightlyConfig.from_toml(_config(tmp_path, models[:1])), NIGHT,
+                         plots=False)
+    assert report.exit_code == 0
+    got = {Path(o.input).name: (o.status, o.reason) for o in report.outcomes}
+    assert got["a.fits"][0] == got["c.fits"][0] == "done"
+    assert got["b-copy-of-a.fits"][0] == "skipped"
+    assert str(first) in got["b-copy-of-a.fits"][1]
+    assert len(_stores(tmp_path)) == 2
+    assert len(Ledger(tmp_path / "out" / "ledger").entries()) == 2
+
+
+def test_inputs_side_by_side_keep_their_order_and_stop_on_an_error() -> None:
+    import threading
+
+    from cnnpipe.pipeline.nightly.job import _side_by_side, _Todo
+
+    todo = [_Todo(Path(f"{i}.fits"), "sha", f"k{i}") for i in range(6)]
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work(i: int, t: _Todo) -> Any:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05 * (6 - i))  # later inputs finish first
+        with lock:
+            running[0] -= 1
+        return t.path.name
+
+    assert _side_by_side(work, todo, 3) == [f"{i}.fits" for i in range(6)]
+    assert peak[0] == 3
+    started: list[int] = []
+
+    def failing(i: int, t: _Todo) -> Any:
+        started.append(i)
+        if i == 1:
+            time.sleep(0.1)  # input 2 is under way by now
+            raise ConfigError("the same for every input")
+        time.sleep(0.3)
+        return t.path.name
+
+    with pytest.raises(ConfigError, match="the same for every input"):
+        _side_by_side(failing, todo, 2)
+    assert sorted(started) == [1, 2]  # 2 ran to its end; 3-6 were not started
+
+
 def test_copy_mode_keeps_the_input_and_does_not_retry_it(
     tmp_path: Path, models: list[Path]
 ) -> None:
@@ -185,30 +242,36 @@ def test_a_killed_night_resumes_with_nothing_duplicated(
     folder.mkdir(parents=True)
     for i in range(3):
         write_float(folder / f"big{i}.fits", shape=(256, 256), seed=10 + i)
-    config = _config(tmp_path, models[:1])
+    config = _config(tmp_path, models[:1], cluster={"inputs_at_once": 2})
     cmd = [str(Path(sys.executable).with_name("cnnpipe")), "nightly", str(config), "--night",
            NIGHT, "--log-format", "json", "--no-plots"]
     log = tmp_path / "killed.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stderr=f, stdout=subprocess.DEVNULL,
                                 start_new_session=True)
-    try:  # kill -9 once the second input is under way
+    try:  # kill -9 once an input is done and another one is under way
         deadline = time.monotonic() + 120
-        while log.read_text().count('"event": "input_started"') < 2:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
+        while True:
+            text = log.read_text()
+            started = text.count('"event": "input_started"')
+            done = text.count('"event": "input_done"')
+            if done >= 1 and started > done:
+                break
+            assert proc.poll() is None, text
+            assert time.monotonic() < deadline, text
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done_before = [e for e in Ledger(tmp_path / "out" / "ledger").entries()]
-    assert len(done_before) == 1  # the first input only
+    assert 1 <= len(done_before) < 3, log.read_text()
+    assert '"inputs_at_once": 2' in log.read_text()  # the inputs ran side by side
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     events = [json.loads(line) for line in rerun.stderr.splitlines() if line.startswith("{")]
-    assert sum(e.get("event") == "input_skipped" for e in events) == 1
-    assert sum(e.get("event") == "input_done" for e in events) == 2
+    assert sum(e.get("event") == "input_skipped" for e in events) == len(done_before)
+    assert sum(e.get("event") == "input_done" for e in events) == 3 - len(done_before)
     entries = Ledger(tmp_path / "out" / "ledger").entries()
     assert len(entries) == 3
     assert {e.input for e in entries} == {
@@ -265,6 +328,10 @@ def test_a_second_nightly_on_the_same_night_is_refused(
     ('output_root = "o"\ninputs = ["x"]\nmodels = ["m"]\nquarantine_mode = "delete"',
      "quarantine_mode"),
     ("output_root = [", "not valid TOML"),
+    ('output_root = "o"\ninputs = ["x"]\nmodels = ["m"]\n[cluster]\ninputs_at_once = 0',
+     r"\[cluster\] inputs_at_once: Expected a positive integer\. Got 0"),
+    ('output_root = "o"\ninputs = ["x"]\nmodels = ["m"]\n[cluster]\nworkers = true',
+     r"\[cluster\] workers: Expected a positive integer\. Got True"),
 ])
 def test_bad_configurations_are_refused_naming_file_and_key(
     tmp_path: Path, text: str, match: str

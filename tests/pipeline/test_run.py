@@ -377,6 +377,45 @@ def test_stale_lock_is_taken_over(
     assert not lock_path(out).exists()
 
 
+def test_a_run_waits_on_its_own_client_not_dasks_default_one(
+    data: Data, cluster: str, tmp_path: Path
+) -> None:
+    """Runs side by side in one process (``cnnpipe nightly``) each have a client; the one
+    made last is Dask's default.  Waiting on results through the default client's event
+    loop hung a run forever once the other run had closed its client."""
+    import threading
+
+    from distributed import Client
+
+    from cnnpipe.pipeline.execute import run_units
+    from cnnpipe.pipeline.runner import _tasks
+    from cnnpipe.pipeline.store import RunStore
+    from cnnpipe.pipeline.worker import SessionSpec
+
+    cfg = data.config(tmp_path / "own.zarr", scheduler=cluster,
+                      models=(str(data.models["craters"]),))
+    run(cfg, stop_after=1)  # a store and a ledger to run the remaining units against
+    prep = prepare(cfg)
+    store, _ = RunStore.prepare(cfg.out, identity=prep.identity, overwrite=False)
+    pending = {s.key: store.ledger(s.key, prep.jobs[0].name)[None] == 0 for s in prep.sources}
+    tasks = list(_tasks(prep, store, pending, SessionSpec()))
+    assert tasks
+    results: list[Any] = []
+    with Client(cluster) as mine:
+        other = Client(cluster)  # Dask's default client from now on
+
+        def lazily() -> Any:  # run_units takes its first task after it began waiting
+            other.close()  # the other run ends first
+            yield from tasks
+
+        worker = threading.Thread(target=lambda: results.extend(
+            run_units(mine, lazily(), run_id="own", retries=0)), daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+    assert not worker.is_alive(), "run_units waited on another client's event loop"
+    assert len(results) == len(tasks)
+
+
 # -- failures and checks before work -----------------------------------------------------
 
 

@@ -329,13 +329,19 @@ def run_nightly(
                 event("cluster", description=cluster.description, todo=len(todo),
                       inputs_at_once=at_once)
 
+                finished: dict[int, InputOutcome] = {}
+
                 def work(i: int, t: _Todo) -> InputOutcome:
                     event("input", index=f"{i}/{len(todo)}", input=str(t.path))
-                    return _process(config, night, t, models=models, template=template,
-                                    cluster=cluster, ledger=ledger,
-                                    reporter_every=reporter_every, side_by_side=at_once > 1)
+                    finished[i] = _process(
+                        config, night, t, models=models, template=template, cluster=cluster,
+                        ledger=ledger, reporter_every=reporter_every, side_by_side=at_once > 1)
+                    return finished[i]
 
-                report.outcomes += _side_by_side(work, todo, at_once)
+                try:
+                    _side_by_side(work, todo, at_once)
+                finally:  # the report lists every finished input, also when one failed
+                    report.outcomes += [finished[i] for i in sorted(finished)]
         if plots:
             for o in report.outcomes:
                 if o.status == "done" and o.store:

@@ -30,6 +30,7 @@ from cnnpipe.pipeline.nightly import (
     find_inputs,
     run_nightly,
 )
+from cnnpipe.pipeline.nightly.report import InputOutcome
 from cnnpipe.pipeline.store import StoreLock
 from cnnpipe.testing.fitsfiles import (
     write_compressed,
@@ -215,6 +216,36 @@ def test_inputs_side_by_side_keep_their_order_and_stop_on_an_error() -> None:
     with pytest.raises(ConfigError, match="the same for every input"):
         _side_by_side(failing, todo, 2)
     assert sorted(started) == [1, 2]  # 2 ran to its end; 3-6 were not started
+
+
+@pytest.mark.parametrize(("at_once", "finished"), [(1, "ab"), (2, "abd")])
+def test_the_report_of_a_night_stopped_by_an_error_lists_the_inputs_it_finished(
+    tmp_path: Path, models: list[Path], monkeypatch: pytest.MonkeyPatch, at_once: int,
+    finished: str,
+) -> None:
+    """Side by side, d started beside c before c failed and ran to its end."""
+    import cnnpipe.pipeline.nightly.job as job
+
+    folder = tmp_path / "incoming" / NIGHT
+    folder.mkdir(parents=True)
+    for name in ("a", "b", "c", "d"):
+        write_float(folder / f"{name}.fits", shape=(20, 20), seed=ord(name))
+
+    def fake(config: Any, night: str, todo: Any, **kw: Any) -> InputOutcome:
+        if todo.path.name == "c.fits":
+            time.sleep(0.2)  # the others started are finished by now
+            raise ConfigError("a setting every input needs is wrong")
+        return InputOutcome(input=str(todo.path), status="done", sha256=todo.sha)
+
+    monkeypatch.setattr(job, "_process", fake)
+    config = NightlyConfig.from_toml(_config(tmp_path, models[:1],
+                                             cluster={"inputs_at_once": at_once}))
+    with pytest.raises(ConfigError, match="every input needs"):
+        run_nightly(config, NIGHT, plots=False)
+    rep = json.loads((tmp_path / "out" / "reports" / f"{NIGHT}.json").read_text())
+    assert rep["exit_code"] == 2
+    assert [(Path(o["input"]).name, o["status"]) for o in rep["inputs"]] == [
+        (f"{name}.fits", "done") for name in finished]
 
 
 def test_copy_mode_keeps_the_input_and_does_not_retry_it(

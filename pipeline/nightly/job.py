@@ -324,8 +324,8 @@ def run_nightly(
             gpu = config.cluster.kind.value == "embedded" and local_gpu(
                 replace(template, scheduler=None))
             with open_cluster(config.cluster, template, gpu=gpu) as cluster:
-                report.cluster = cluster.description
                 at_once = min(len(todo), config.cluster.inputs_at_once or cluster.threads or 2)
+                report.cluster = f"{cluster.description}; {at_once} input(s) at a time"
                 event("cluster", description=cluster.description, todo=len(todo),
                       inputs_at_once=at_once)
 

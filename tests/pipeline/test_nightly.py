@@ -244,6 +244,7 @@ def test_the_report_of_a_night_stopped_by_an_error_lists_the_inputs_it_finished(
         run_nightly(config, NIGHT, plots=False)
     rep = json.loads((tmp_path / "out" / "reports" / f"{NIGHT}.json").read_text())
     assert rep["exit_code"] == 2
+    assert rep["cluster"].endswith(f"; {at_once} input(s) at a time")
     assert [(Path(o["input"]).name, o["status"]) for o in rep["inputs"]] == [
         (f"{name}.fits", "done") for name in finished]
 

@@ -177,8 +177,8 @@ class ClusterSpec:
             if not isinstance(data.get(name, {}), Mapping):
                 raise _fail(where, f"[cluster.{name}]: Expected a table. Got {data[name]!r}.")
         return cls(kind=kind, address=address, workers=workers, inputs_at_once=at_once,
-                   tls_ca_file=tls[0],
-                   tls_cert=tls[1], tls_key=tls[2], slurm=dict(data.get("slurm", {})),
+                   tls_ca_file=tls[0], tls_cert=tls[1], tls_key=tls[2],
+                   slurm=dict(data.get("slurm", {})),
                    kubernetes=dict(data.get("kubernetes", {})))
 
     def to_dict(self) -> dict[str, Any]:

@@ -69,18 +69,15 @@ def _normalised(
         out = x - np.asarray(p["mean"], dtype=np.float32)[None, :, None, None]
         out /= np.asarray(p["std"], dtype=np.float32)[None, :, None, None]
     elif method is NormMethod.ASINH and "offset" in p:
-        out = x - np.full((*x.shape[:2], 1, 1), float(p["offset"]), np.float32)
-        out /= np.float32(p["scale"])
-        np.arcsinh(out, out=out)
+        out = _asinh(x, np.full((*x.shape[:2], 1, 1), float(p["offset"]), np.float32),
+                     p["scale"])
     else:
         masked = np.where(finite, x, np.nan)
         # Fully masked patches give all-NaN slices; their output is set to 0 after.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             if method is NormMethod.ASINH:
-                out = x - np.nanmedian(masked, axis=(2, 3), keepdims=True)
-                out /= np.float32(p["scale"])
-                np.arcsinh(out, out=out)
+                out = _asinh(x, np.nanmedian(masked, axis=(2, 3), keepdims=True), p["scale"])
             elif method is NormMethod.STANDARDISE:
                 mean = np.nanmean(masked, axis=(2, 3), keepdims=True)
                 std = np.nanstd(masked, axis=(2, 3), keepdims=True)
@@ -91,4 +88,13 @@ def _normalised(
                 hi = np.nanmax(masked, axis=(2, 3), keepdims=True)
                 out = x - lo
                 out /= np.maximum(hi - lo, _EPS)
+    return out
+
+
+def _asinh(x: npt.NDArray[np.float32], centre: npt.NDArray[np.float32],
+           scale: float) -> npt.NDArray[np.float32]:
+    """``arcsinh((x - centre) / scale)`` in one new float32 array."""
+    out = x - centre
+    out /= np.float32(scale)
+    np.arcsinh(out, out=out)
     return out

@@ -57,15 +57,17 @@ def cluster_plan(config: RunConfig, *, cores: int | None = None, gpu: bool = Fal
     """Size the embedded cluster so that processes x threads x intra-op <= cores.
 
     CPU: two Dask threads per worker (two work units in flight, so that one unit's read,
-    stitching and writes overlap the other's inference), ``cores // 4`` workers (at least
-    1), and the remaining factor as onnxruntime intra-op threads: 1 x 2 x 1 on 2 cores,
-    4 x 2 x 2 on 16.  Two 1-thread inference streams did 20 % more than one 2-thread
-    stream on the 2-core benchmark machine (demo U-Net, batch 8 x 512²: 2.0 s against
-    2.45 s for 64 patches).  A run with fewer ``units`` to do than that layout has
-    Dask threads (a frame-sized image, the rest of a resumed run) gets one worker with a
-    thread per unit and the cores shared out as intra-op threads, instead of idle
-    threads: one 2048² unit on 2 cores ran in a median 1.4 s instead of 1.8 s (1 x 1 x 2
-    against one 1-thread stream).  Only when none of ``--workers``, ``--threads``,
+    stitching and writes overlap the other's inference; the batches of both run on the
+    worker's :class:`~cnnpipe.pipeline.worker.Lanes`, one inference stream per thread),
+    ``cores // 4`` workers (at least 1), and the remaining factor as onnxruntime intra-op
+    threads: 1 x 2 x 1 on 2 cores, 4 x 2 x 2 on 16.  Two 1-thread inference streams
+    did 20 % more than one 2-thread stream on the 2-core benchmark machine (demo U-Net,
+    batch 8 x 512²: 2.0 s against 2.45 s for 64 patches).  A run with fewer ``units``
+    to do than that layout has Dask threads (a frame-sized image, the rest of a resumed
+    run) gets one worker with a thread per unit and the cores shared out as intra-op
+    threads, instead of idle threads: one 2048² unit on 2 cores ran in a median 1.4 s
+    instead of 1.8 s (1 x 1 x 2 against one 1-thread stream, before the lanes; with them
+    the two layouts are within noise).  Only when none of ``--workers``, ``--threads``,
     ``--ort-threads`` is given.  GPU: one worker (one per GPU with ``--workers``) with one
     thread, which owns the device; tasks there ask for ``GPU=1``.  With ``--scheduler``
     only ``ort_threads`` matters (default 1 per Dask thread).

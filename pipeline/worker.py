@@ -9,17 +9,20 @@ output chunks and catalog fragment and then its ledger entries, and returns a sm
 
 onnxruntime sessions are created once per worker process and model (a module-level dict
 behind a lock: creating a session holds the GIL and takes a while; ``run`` is
-thread-safe) and are never pickled.
+thread-safe) and are never pickled.  The batches themselves run on the process's
+:class:`Lanes`, one inference stream per worker thread, shared by the units in flight.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,7 @@ from cnnpipe.pipeline.sources import Source
 from cnnpipe.pipeline.store import UnitState, mark_unit, write_unit
 
 __all__ = [
+    "Lanes",
     "ModelJob",
     "SessionSpec",
     "UnitResult",
@@ -46,6 +50,7 @@ __all__ = [
     "infer_unit",
     "process_unit",
     "providers_for",
+    "worker_lanes",
 ]
 
 CUDA = "CUDAExecutionProvider"
@@ -187,9 +192,68 @@ def _create_session(path: str, spec: SessionSpec) -> Any:
     return session
 
 
-# -- the task --------------------------------------------------------------------------
+# -- inference lanes -------------------------------------------------------------------
 
 RunFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.floating]]
+
+
+class Lanes:
+    """The inference streams of one worker process: threads that only call ``run``.
+
+    A unit's task thread stacks and normalises its batches and hands them to the lanes,
+    a few ahead, then stitches the outputs in order; the lanes are shared by every unit
+    the process runs at once.  So the last unit of a run (or a resumed run's only one)
+    spreads its batches over every stream instead of leaving the others idle, and a
+    unit's reads, stitching and writes never hold an inference stream.  As many lanes as
+    the worker has threads: streams x intra-op threads stay within the cores.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._pool = ThreadPoolExecutor(width, thread_name_prefix="cnnpipe-lane")
+
+    def map(self, run: RunFn, xs: Iterable[npt.NDArray[np.float32]]
+            ) -> Iterator[npt.NDArray[np.floating]]:
+        """``run(x)`` for each ``x``, in order, with up to ``width + 1`` calls ahead."""
+        flight: collections.deque[Future[npt.NDArray[np.floating]]] = collections.deque()
+        try:
+            for x in xs:
+                flight.append(self._pool.submit(run, x))
+                if len(flight) > self.width:
+                    yield flight.popleft().result()
+            while flight:
+                yield flight.popleft().result()
+        finally:
+            for f in flight:  # a failed unit: calls not yet started are dropped
+                f.cancel()
+
+
+_LANES: dict[int, Lanes] = {}
+_LANES_LOCK = threading.Lock()
+
+
+def worker_lanes() -> Lanes | None:
+    """The lanes of this process, as wide as the running Dask worker's threads (None: one).
+
+    Keyed by width, so runs side by side in one process (``cnnpipe nightly``) share
+    the streams instead of multiplying them.
+    """
+    try:
+        from distributed import get_worker
+
+        width = int(get_worker().state.nthreads)
+    except (ImportError, ValueError):  # not inside a Dask task
+        return None
+    if width < 2:
+        return None
+    with _LANES_LOCK:
+        lanes = _LANES.get(width)
+        if lanes is None:
+            lanes = _LANES[width] = Lanes(width)
+    return lanes
+
+
+# -- the task --------------------------------------------------------------------------
 
 
 def infer_unit(
@@ -202,6 +266,7 @@ def infer_unit(
     *,
     batch: int,
     fixed_batch: bool = False,
+    lanes: Lanes | None = None,
 ) -> tuple[npt.NDArray[np.float32], int]:
     """Run one model over one unit and stitch its probabilities (float32, before storing).
 
@@ -221,6 +286,9 @@ def infer_unit(
         Patches per call.
     fixed_batch : bool
         Pad the last batch with zeros to ``batch`` patches (GPU: one shape per run).
+    lanes : Lanes, optional
+        Run the batches on these shared inference streams (default: one after another
+        in the calling thread).  The result is the same either way.
 
     Returns
     -------
@@ -235,8 +303,9 @@ def infer_unit(
     sy = geometry.spans(0, unit.y0, unit.y1)
     sx = geometry.spans(1, unit.x0, unit.x1)
     patches = [(a, b) for a in sy for b in sx]
-    for i in range(0, len(patches), batch):
-        chunk = patches[i:i + batch]
+    chunks = [patches[i:i + batch] for i in range(0, len(patches), batch)]
+
+    def inputs(chunk: list[tuple[Any, Any]]) -> npt.NDArray[np.float32]:
         x = np.stack([
             pixels[:, a.start - oy:a.start - oy + py, b.start - ox:b.start - ox + px]
             for a, b in chunk
@@ -244,7 +313,11 @@ def infer_unit(
         x = normalise(x, meta.normalisation)
         if fixed_batch and len(chunk) < batch:
             x = np.concatenate([x, np.zeros((batch - len(chunk), *x.shape[1:]), np.float32)])
-        probs = head.activate(run(x)[: len(chunk)])
+        return x
+
+    xs = map(inputs, chunks)
+    for chunk, raw in zip(chunks, lanes.map(run, xs) if lanes else map(run, xs)):
+        probs = head.activate(raw[: len(chunk)])
         for j, (a, b) in enumerate(chunk):
             head.place(
                 acc, probs[j],
@@ -302,7 +375,7 @@ def process_unit(task: UnitTask) -> UnitResult:
         region = infer_region(job.geometry, unit, source.shape)
         acc, n = infer_unit(
             own, (ry0, rx0), region, job.meta, job.geometry, run,
-            batch=batch, fixed_batch=fixed,
+            batch=batch, fixed_batch=fixed, lanes=None if fixed else worker_lanes(),
         )
         n_patches += n
         nodata: npt.NDArray[np.bool_] = ~np.all(finite[ch], axis=0)

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +46,7 @@ from cnnpipe.pipeline.plan import (
 from cnnpipe.pipeline.runner import dry_run, prepare, run
 from cnnpipe.pipeline.sources import open_sources
 from cnnpipe.pipeline.store import lock_path, store_wcs
-from cnnpipe.pipeline.worker import infer_unit
+from cnnpipe.pipeline.worker import Lanes, infer_unit, worker_lanes
 from cnnpipe.testing.onnx_models import (
     classify_model,
     craters_model,
@@ -254,6 +255,64 @@ def test_float32_unit_stitching_equals_whole_image_within_1e4(data: Data) -> Non
     np.testing.assert_allclose(stitched[:, h:-h, h:-h], whole[:, h:-h, h:-h], rtol=0, atol=1e-4)
     # at the image edges tiles see reflected pixels, the whole image zero padding
     assert np.isfinite(stitched).all()
+
+
+def test_lanes_run_one_units_batches_side_by_side_with_the_same_result(data: Data) -> None:
+    meta = read_model_meta(data.models["seg"])
+    src = open_sources([str(data.image)])[0]
+    plan = make_plan([("survey", SHAPE, 1)], [meta], tile=TILE, patch=PATCH, batch=4)
+    g = plan.models[0]
+    unit = next(u for u in plan.images[0].units() if u.uy == 1 and u.ux == 1)
+    ry0, ry1, rx0, rx1 = read_window(unit, [g])
+    pix = src.read_window(ry0, ry1, rx0, rx1)
+    sess = ort.InferenceSession(str(data.models["seg"]), providers=["CPUExecutionProvider"])
+    both = threading.Barrier(2, timeout=3)
+    calls: list[int] = []
+
+    def run_pair(x: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        if len(calls) <= 2:
+            both.wait()  # the unit's first two calls must be in flight together
+        return np.asarray(sess.run(None, {"image": x})[0])
+
+    alone, n = infer_unit(pix, (ry0, rx0), unit, meta, g,
+                          lambda x: np.asarray(sess.run(None, {"image": x})[0]), batch=4)
+    assert n > 8  # several batches of 4
+    shared, _ = infer_unit(pix, (ry0, rx0), unit, meta, g, run_pair, batch=4, lanes=Lanes(2))
+    assert np.array_equal(shared, alone)
+    calls.clear()
+    both.reset()
+    with pytest.raises(threading.BrokenBarrierError):  # one after another: never two at once
+        infer_unit(pix, (ry0, rx0), unit, meta, g, run_pair, batch=4)
+
+
+def test_lanes_keep_order_and_pass_a_failure_on() -> None:
+    lanes = Lanes(3)
+    xs = [np.full(2, i, np.float32) for i in range(20)]
+    assert [int(y[0]) for y in lanes.map(lambda x: x * 2, xs)] == list(range(0, 40, 2))
+
+    def fails_at_5(x: np.ndarray) -> np.ndarray:
+        if x[0] == 5:
+            raise ValueError("bad batch")
+        return x
+
+    with pytest.raises(ValueError, match="bad batch"):
+        list(lanes.map(fails_at_5, xs))
+    assert len(list(lanes.map(lambda x: x, xs))) == 20  # still usable
+
+
+def test_lanes_are_as_wide_as_the_workers_threads() -> None:
+    from distributed import Client, LocalCluster
+
+    def width() -> int | None:
+        lanes = worker_lanes()
+        return None if lanes is None else lanes.width
+
+    assert width() is None  # not in a Dask task
+    for threads, want in ((1, None), (2, 2), (3, 3)):
+        with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            assert client.submit(width, pure=False).result() == want
 
 
 def test_classify_windows_are_painted_with_their_class(data: Data, reference: Path) -> None:

@@ -203,3 +203,21 @@ def test_gpu_report_with_tensorrt_rows() -> None:
     assert "| TensorRT fp16 | bare session, IOBinding, pre-uploaded | 0.50 (0.50) |" in md
     assert "cnnpipe --tensorrt: end to end 0.40, running cluster 0.45" in md
     assert "| CUDA | **`cnnpipe run` end to end** | 4.00 (4.00) | 67.0 | 0.50 | 50% |" in md
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("lanes", ["--size", "1024", "--reps", "1"]),
+    ("unit_cost", ["--size", "1024", "--tile", "512", "--reps", "1"]),
+])
+def test_per_unit_tools_run_and_write_their_json(tmp_path: Path, tool: str,
+                                                 args: list[str]) -> None:
+    p = subprocess.run([sys.executable, "-m", f"benchmarks.{tool}", *args, "--out",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    result = json.loads((tmp_path / f"{tool}.json").read_text())
+    assert result["command"].startswith(f"python -m benchmarks.{tool} --size 1024")
+    if tool == "lanes":
+        assert set(result["seconds"]) == {"lanes", "no lanes"}
+        assert all(len(v) == 1 and v[0] > 0 for v in result["seconds"].values())
+    else:
+        assert result["units"] == 4 and result["other_wall_s_per_unit"] > 0

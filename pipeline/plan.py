@@ -550,14 +550,18 @@ class Plan:
         return g.count(0, r.y0, r.y1) * g.count(1, r.x0, r.x1)
 
     def memory_per_task(self, model_bytes: Mapping[str, int] | None = None,
-                        activation_bytes: Mapping[str, int] | None = None) -> int:
+                        activation_bytes: Mapping[str, int] | None = None, *,
+                        lanes: int = 1) -> int:
         """Approximate peak bytes one running task holds.
 
         ``read`` (unit + halo) x bands x 4 B x 3 (raw, normalised batch, masks) +
         per model: float32 stitched output, float16 copy and uint8 mask of a unit,
-        one input and one output batch in float32, 2 x the ONNX file size for the
-        session (``model_bytes``, name -> bytes) and ``ACTIVATION_FACTOR`` x the graph's
-        peak of live intermediate tensors for one batch (``activation_bytes``, from
+        one input and one output batch in float32 (``lanes + 1`` of each when the
+        worker's batches run on ``lanes`` >= 2 shared inference lanes, which a unit
+        feeds that far ahead: :class:`cnnpipe.pipeline.worker.Lanes`), 2 x the ONNX
+        file size for the session (``model_bytes``, name -> bytes) and
+        ``ACTIVATION_FACTOR`` x the graph's peak of live intermediate tensors for one
+        batch (``activation_bytes``, from
         :func:`cnnpipe.pipeline.activations.peak_activation_bytes`).
         """
         model_bytes = model_bytes or {}
@@ -569,11 +573,12 @@ class Plan:
         # worst-case halo and context reach
         extra = max((g.patch[0] + 2 * g.context for g in self.models), default=0)
         read = (ty + extra) * (tx + extra) * bands * 4 * 3
+        ahead = lanes + 1 if lanes > 1 else 1
         per_model = 0
         for g in self.models:
             c = self.classes.get(g.name, 1)
             unit_out = ty * tx * (c * 4 + c * 2 + 1)
-            batch_io = g.batch * g.patch[0] * g.patch[1] * 4 * (bands + c)
+            batch_io = g.batch * g.patch[0] * g.patch[1] * 4 * (bands + c) * ahead
             per_model += (unit_out + batch_io + 2 * model_bytes.get(g.name, 0)
                           + int(ACTIVATION_FACTOR * activation_bytes.get(g.name, 0)))
         return read + per_model
@@ -582,7 +587,8 @@ class Plan:
                  model_bytes: Mapping[str, int] | None = None,
                  activation_bytes: Mapping[str, int] | None = None) -> list[str]:
         """Human-readable lines for ``--dry-run``."""
-        mem = self.memory_per_task(model_bytes, activation_bytes) * threads_per_worker
+        mem = self.memory_per_task(model_bytes, activation_bytes,
+                                   lanes=threads_per_worker) * threads_per_worker
         acts = "network activations included" if activation_bytes else (
             "network activations not counted")
         lines = [

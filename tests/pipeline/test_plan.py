@@ -149,6 +149,12 @@ def test_huge_plan_has_few_tasks_and_is_fast() -> None:
     assert elapsed < 1.0
     assert any("tasks: 2401" in line for line in lines)
     assert plan.memory_per_task({"seg": 10_000_000}) > 20_000_000
+    # two lanes: a unit feeds them 3 batches ahead, each an input and an output
+    seg, cls = plan.models
+    batch_io = sum(g.batch * g.patch[0] * g.patch[1] * 4 * (3 + plan.classes[g.name])
+                   for g in (seg, cls))
+    assert plan.memory_per_task(lanes=2) - plan.memory_per_task() == 2 * batch_io
+    assert plan.memory_per_task(lanes=1) == plan.memory_per_task()
 
 
 def test_model_geometry_rounding_and_errors() -> None:

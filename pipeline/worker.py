@@ -236,7 +236,8 @@ def worker_lanes() -> Lanes | None:
     """The lanes of this process, as wide as the running Dask worker's threads (None: one).
 
     Keyed by width, so runs side by side in one process (``cnnpipe nightly``) share
-    the streams instead of multiplying them.
+    the streams instead of multiplying them.  A GPU worker has one thread, the device's
+    one owner: no lanes.
     """
     try:
         from distributed import get_worker
@@ -316,7 +317,7 @@ def infer_unit(
         return x
 
     xs = map(inputs, chunks)
-    for chunk, raw in zip(chunks, lanes.map(run, xs) if lanes else map(run, xs)):
+    for chunk, raw in zip(chunks, map(run, xs) if lanes is None else lanes.map(run, xs)):
         probs = head.activate(raw[: len(chunk)])
         for j, (a, b) in enumerate(chunk):
             head.place(
@@ -375,7 +376,7 @@ def process_unit(task: UnitTask) -> UnitResult:
         region = infer_region(job.geometry, unit, source.shape)
         acc, n = infer_unit(
             own, (ry0, rx0), region, job.meta, job.geometry, run,
-            batch=batch, fixed_batch=fixed, lanes=None if fixed else worker_lanes(),
+            batch=batch, fixed_batch=fixed, lanes=worker_lanes(),
         )
         n_patches += n
         nodata: npt.NDArray[np.bool_] = ~np.all(finite[ch], axis=0)

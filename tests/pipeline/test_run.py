@@ -315,6 +315,27 @@ def test_lanes_are_as_wide_as_the_workers_threads() -> None:
             assert client.submit(width, pure=False).result() == want
 
 
+def test_a_run_feeds_every_unit_to_lanes_as_wide_as_its_threads(
+    data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cnnpipe.pipeline import worker
+
+    widths: list[int | None] = []
+    real = worker.infer_unit
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        widths.append(None if kw["lanes"] is None else kw["lanes"].width)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(worker, "infer_unit", spy)  # one worker: in this process
+    run(data.config(tmp_path / "two.zarr", workers=1, threads=2, ort_threads=1))
+    assert widths
+    assert set(widths) == {2}
+    widths.clear()
+    run(data.config(tmp_path / "one.zarr", workers=1, threads=1, ort_threads=1))
+    assert set(widths) == {None}
+
+
 def test_classify_windows_are_painted_with_their_class(data: Data, reference: Path) -> None:
     meta = read_model_meta(data.models["morph"])
     sess = ort.InferenceSession(str(data.models["morph"]), providers=["CPUExecutionProvider"])

@@ -69,8 +69,7 @@ def _normalised(
         out = x - np.asarray(p["mean"], dtype=np.float32)[None, :, None, None]
         out /= np.asarray(p["std"], dtype=np.float32)[None, :, None, None]
     elif method is NormMethod.ASINH and "offset" in p:
-        out = _asinh(x, np.full((*x.shape[:2], 1, 1), float(p["offset"]), np.float32),
-                     p["scale"])
+        out = _asinh(x, np.float32(p["offset"]), p["scale"])
     else:
         masked = np.where(finite, x, np.nan)
         # Fully masked patches give all-NaN slices; their output is set to 0 after.
@@ -91,7 +90,7 @@ def _normalised(
     return out
 
 
-def _asinh(x: npt.NDArray[np.float32], centre: npt.NDArray[np.float32],
+def _asinh(x: npt.NDArray[np.float32], centre: npt.NDArray[np.float32] | np.float32,
            scale: float) -> npt.NDArray[np.float32]:
     """``arcsinh((x - centre) / scale)`` in one new float32 array."""
     out = x - centre

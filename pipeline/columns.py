@@ -150,7 +150,10 @@ def task_columns(meta: ModelMeta, *, id_dtype: str = "i8") -> list[Column]:
     return [
         Column("id", id_dtype, "",
                "id column of the input catalog (its row index if it has none); for "
-               "sources detected by sep: a running number in (y, x) order per image"),
+               "sources detected by sep: a running number in (y, x) order per image; for "
+               "sliding windows (--catalog windows): the window number, row-major, "
+               "(y0 // patch_y) * ceil(image width / patch_x) + x0 // patch_x of its "
+               "first pixel (y0, x0)"),
         *(prob_column(c, "probability of class {name}") for c in classes),
         Column("class", "str", "", "most probable class (name)"),
         Column("class_id", "i8", "", "most probable class (index into output.classes)"),
@@ -162,6 +165,6 @@ def catalog_schema(
 ) -> list[Column]:
     """All columns of a model's catalog, in order."""
     what = {Task.SEGMENT: "centroid", Task.CRATERS: "crater centre",
-            Task.CLASSIFY: "source position"}[meta.task]
+            Task.CLASSIFY: "source position (sliding windows: window centre)"}[meta.task]
     head, tail = common_columns(world, what=what)
     return [*head, *task_columns(meta, id_dtype=id_dtype), *tail]

@@ -16,7 +16,7 @@ from typing import Any
 
 from cnnpipe.errors import ConfigError
 
-__all__ = ["Device", "RunConfig", "StoreMode"]
+__all__ = ["WINDOWS", "Device", "RunConfig", "StoreMode"]
 
 
 class Device(StrEnum):
@@ -38,6 +38,9 @@ class StoreMode(StrEnum):
 
 #: the value of ``--patch`` / ``--batch`` (and of the TOML keys) that lets the plan choose
 AUTO = "auto"
+
+#: the value of ``--catalog`` that makes classify catalogs one row per sliding window
+WINDOWS = "windows"
 
 
 def _pos_or_none(name: str, value: int | None) -> None:
@@ -90,9 +93,11 @@ class RunConfig:
     retries : int
         Extra attempts of a failing work unit before the run fails.
     catalog : str or None
-        Input positions for classify heads (FITS table, Parquet, CSV, VOTable with ra/dec
-        or x/y columns; see :mod:`cnnpipe.pipeline.positions`); None: classify heads
-        detect sources with sep.
+        What classify heads catalog: the positions of an input catalog (FITS table,
+        Parquet, CSV, VOTable with ra/dec or x/y columns; see
+        :mod:`cnnpipe.pipeline.positions`), :data:`WINDOWS` (``"windows"``: one row per
+        sliding window of the class map, the windows' own probabilities; a file of that
+        name is ``./windows``), or None: sources detected with sep.
     catalog_origin : int
         Pixel convention of the catalog's x/y columns: 0 (numpy / astropy) or 1 (FITS).
     log_every : float
@@ -125,6 +130,11 @@ class RunConfig:
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+
+    @property
+    def windows(self) -> bool:
+        """Classify catalogs have one row per sliding window (``--catalog windows``)."""
+        return self.catalog == WINDOWS
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

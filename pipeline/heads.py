@@ -32,7 +32,9 @@ pixel scale (:class:`Scale`).  World coordinates are added by
   unit ± its context (craters whose centre lies in the unit are kept), then
   :func:`cnnpipe.pipeline.dedup.dedupe_craters` over the image.
 * ``classify``: cutouts of the model patch centred on input-catalog positions or on
-  ``sep`` detections (:mod:`cnnpipe.pipeline.positions`), run through the model.
+  ``sep`` detections (:mod:`cnnpipe.pipeline.positions`), run through the model; or,
+  with ``--catalog windows``, the sliding windows themselves (DESIGN §5 b: a catalog
+  of tiles), one row per window, de-duplicated across units by window number.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ class UnitView:
         The model's context margin, pixels.
     positions : Positions, optional
         Input-catalog positions in the unit (classify); None: detect sources.
+    windows : bool
+        Classify: catalog the unit's sliding windows instead of sources.
     run : callable, optional
         ``(n, c, py, px) float32 -> raw output``, the model (classify cutouts).
     batch : int
@@ -153,6 +157,7 @@ class UnitView:
     origin: tuple[int, int]
     context: int = 0
     positions: Positions | None = None
+    windows: bool = False
     run: RunFn | None = None
     batch: int = 1
     fixed_batch: bool = False
@@ -471,12 +476,15 @@ class ClassifyHead(PixelHead):
         acc[:, dst[0], dst[1]] = probs[:, None, None]
 
     def catalog(self, view: UnitView) -> Fragment:
-        """Class probabilities of cutouts centred on the unit's sources.
+        """Class probabilities of cutouts centred on the unit's sources, or of its windows.
 
         Sources: ``view.positions`` (an input catalog), else :func:`detect_sources` on
         the first model band.  Cutouts (:func:`cutouts`) are normalised with the model's
-        normalisation and run in batches of ``view.batch``.
+        normalisation and run in batches of ``view.batch``.  With ``view.windows``: every
+        sliding window that meets the unit and has data (:meth:`windows`).
         """
+        if view.windows:
+            return self.windows(view)
         if view.run is None:
             msg = f"Model {self.meta.name!r}: classifying cutouts needs the model session."
             raise ModelError(msg)
@@ -501,17 +509,62 @@ class ClassifyHead(PixelHead):
             out[f"prob_{k}"] = probs[:, k].astype(np.float64)
         return out
 
+    def windows(self, view: UnitView) -> Fragment:
+        """The sliding windows that meet the unit and hold any data, one row each.
+
+        A window's probabilities are those painted over its pixels in ``view.acc`` (no
+        second inference).  ``window`` numbers the window in the image, row-major; ``x``,
+        ``y`` are its centre (beyond the image for an edge window more than half
+        outside).  Flags: masked if any of its pixels has no data, edge if it reaches
+        beyond the image (filled by reflection).  A window crossing a unit border is in
+        both units' fragments; :meth:`merge` keeps one.
+        """
+        py, px = self.meta.input.patch or (1, 1)
+        u, r = view.unit, view.region
+        ny, nx = view.image_shape
+        ky = np.arange(u.y0 // py, -(-u.y1 // py))
+        kx = np.arange(u.x0 // px, -(-u.x1 // px))
+        y0, y1 = int(ky[0]) * py, (int(ky[-1]) + 1) * py
+        x0, x1 = int(kx[0]) * px, (int(kx[-1]) + 1) * px
+        bad = view.nodata(y0, y1, x0, x1).reshape(ky.size, py, kx.size, px)
+        inside = ((np.arange(y0, y1) < ny).reshape(ky.size, py, 1, 1)
+                  & (np.arange(x0, x1) < nx).reshape(1, 1, kx.size, px))
+        n_bad = bad.sum(axis=(1, 3))
+        keep = (n_bad < inside.sum(axis=(1, 3))).ravel()
+        edge = ((ky + 1) * py > ny)[:, None] | ((kx + 1) * px > nx)[None, :]
+        flags = np.where(n_bad > 0, FLAG_MASKED, 0) | np.where(edge, FLAG_EDGE, 0)
+        yi = np.maximum(ky * py, u.y0) - r.y0
+        xi = np.maximum(kx * px, u.x0) - r.x0
+        probs = view.acc[:, yi[:, None], xi[None, :]].reshape(self.channels, -1)[:, keep]
+        gy, gx = (a.ravel()[keep] for a in np.meshgrid(ky, kx, indexing="ij"))
+        number = gy * -(-nx // px) + gx
+        out: Fragment = {
+            "window": number, "id": number, "row": np.full(number.size, -1, np.int64),
+            "x": gx * px + (px - 1) / 2.0, "y": gy * py + (py - 1) / 2.0,
+            "flags": flags.ravel()[keep].astype(np.uint8),
+        }
+        for k in range(self.channels):
+            out[f"prob_{k}"] = probs[k].astype(np.float64)
+        return out
+
     def merge(
         self, frags: Mapping[tuple[int, int], Fragment], *, image_shape: tuple[int, int]
     ) -> Fragment:
-        """All units' sources: input-catalog order, or (detected) ``y``, ``x`` order."""
+        """All units' rows: input-catalog order, (detected) ``y``, ``x`` order, or windows.
+
+        Windows (fragments with ``window`` numbers) come in window-number order, each once:
+        from the first unit, in ``frags`` order (row-major), that has it.
+        """
         classes = self.meta.output.classes
         row = _cat(frags, "row", np.int64)
         x, y = _cat(frags, "x", np.float64), _cat(frags, "y", np.float64)
         ids = _cat(frags, "id", np.int64)
-        detected = bool(row.size) and bool((row < 0).all())
-        order = np.lexsort((x, y)) if detected else np.argsort(row, kind="stable")
-        ids = np.arange(row.size, dtype=np.int64) if detected else ids[order]
+        if any("window" in f for f in frags.values()):
+            ids, order = np.unique(_cat(frags, "window", np.int64), return_index=True)
+        else:
+            detected = bool(row.size) and bool((row < 0).all())
+            order = np.lexsort((x, y)) if detected else np.argsort(row, kind="stable")
+            ids = np.arange(row.size, dtype=np.int64) if detected else ids[order]
         probs = np.stack([_cat(frags, f"prob_{k}", np.float64)[order]
                           for k in range(len(classes))], axis=1)
         cid = np.argmax(probs, axis=1).astype(np.int64) if row.size else np.zeros(0, np.int64)

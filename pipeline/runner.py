@@ -22,7 +22,7 @@ from cnnpipe import __version__
 from cnnpipe.errors import InputError, ModelError, ModelMismatchError
 from cnnpipe.modelmeta import ModelMeta, Task, load_onnx, model_meta, model_sha256
 from cnnpipe.pipeline.catalogs import merge_catalogs
-from cnnpipe.pipeline.config import RunConfig, StoreMode
+from cnnpipe.pipeline.config import WINDOWS, RunConfig, StoreMode
 from cnnpipe.pipeline.execute import (
     check_security,
     cluster_plan,
@@ -227,7 +227,7 @@ def prepare(config: RunConfig) -> Prepared:
         jobs_raw.append((path, model_sha256(path, model=model), meta))
         model_bytes[meta.name] = os.path.getsize(path)
 
-    if config.catalog and not os.path.isfile(config.catalog):
+    if config.catalog and not config.windows and not os.path.isfile(config.catalog):
         msg = f"--catalog {config.catalog}: no such file; check the path."
         raise InputError(msg)
     union: list[str] = []
@@ -265,17 +265,20 @@ def prepare(config: RunConfig) -> Prepared:
         for (p, sha, m), g in zip(jobs_raw, plan.models)
     )
     positions = _positions(config, sources, metas)
+    catalog: Any = None  # what classify heads catalog: sep sources, a file, or windows
+    if config.windows and any(m.task is Task.CLASSIFY for m in metas):
+        catalog = WINDOWS
+    elif positions is not None and config.catalog:
+        catalog = {"path": os.path.abspath(config.catalog),
+                   "fingerprint": file_fingerprint(config.catalog),
+                   "origin": config.catalog_origin}
     identity = {
         "schema": RUN_SCHEMA,
         "tile": config.tile,
         "models": {j.name: {"sha256": j.sha256, "task": j.meta.task.value} for j in jobs},
         "geometry": {g.name: g.to_dict() for g in plan.models},
         "inputs": {s.key: _input_attrs(s) for s in sources},
-        "catalog": None if positions is None or not config.catalog else {
-            "path": os.path.abspath(config.catalog),
-            "fingerprint": file_fingerprint(config.catalog),
-            "origin": config.catalog_origin,
-        },
+        "catalog": catalog,
     }
     return Prepared(
         config=config, sources=sources, jobs=jobs, channels=channels, plan=plan,
@@ -292,6 +295,8 @@ def _positions(
     if not any(m.task is Task.CLASSIFY for m in metas):
         log.warning("--catalog %s: no classify model in this run; the catalog is not used.",
                     config.catalog)
+        return None
+    if config.windows:
         return None
     cat = read_catalog(config.catalog, origin=config.catalog_origin)
     out = {}
@@ -357,7 +362,7 @@ def _tasks(prep: Prepared, store: RunStore, pending: Mapping[str, np.ndarray],
                 store=store.path, source=s, unit=unit,
                 models=tuple(prep.jobs[k] for k in idx),
                 channels=tuple(prep.channels[s.key][k] for k in idx),
-                session=spec, positions=pos,
+                session=spec, positions=pos, windows=prep.config.windows,
             )
 
 

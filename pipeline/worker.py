@@ -105,7 +105,8 @@ class UnitTask:
 
     ``channels[i]`` are the indices into ``source.bands`` that model ``models[i]`` takes,
     in its band order.  ``positions``: the input-catalog sources in the unit for classify
-    heads (None: they detect sources themselves).
+    heads (None: they detect sources themselves); ``windows``: classify heads catalog
+    their sliding windows instead (``--catalog windows``).
     """
 
     store: str
@@ -115,6 +116,7 @@ class UnitTask:
     channels: tuple[tuple[int, ...], ...]
     session: SessionSpec = field(default_factory=SessionSpec)
     positions: Positions | None = None
+    windows: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -387,7 +389,7 @@ def process_unit(task: UnitTask) -> UnitResult:
             unit=unit, image_shape=source.shape, region=region,
             acc=acc if region != unit else inner_acc, mask=mask, pixels=own,
             origin=(ry0, rx0), context=job.geometry.context, positions=task.positions,
-            run=run, batch=batch, fixed_batch=fixed,
+            windows=task.windows, run=run, batch=batch, fixed_batch=fixed,
         )
         fragment = head.catalog(view)
         tb = time.perf_counter()

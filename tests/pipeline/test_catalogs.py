@@ -35,7 +35,8 @@ from cnnpipe.normalise import normalise
 from cnnpipe.pipeline.catalogs import merge_catalogs, read_catalog_columns, read_fragment
 from cnnpipe.pipeline.config import RunConfig
 from cnnpipe.pipeline.exports import catalog_table, write_mask_fits
-from cnnpipe.pipeline.heads import CratersHead
+from cnnpipe.pipeline.heads import ClassifyHead, CratersHead, UnitView
+from cnnpipe.pipeline.plan import Unit
 from cnnpipe.pipeline.positions import read_catalog
 from cnnpipe.pipeline.runner import prepare, run
 from cnnpipe.pipeline.store import store_wcs
@@ -55,6 +56,7 @@ NAN_BOX = (slice(72, 75), slice(104, 107))
 EDGE_BLOB, MASKED_BLOB = 5, 4
 RINGS = [(32.3, 40.0, 12.0), (70.0, 64.6, 9.0), (20.0, 100.0, 6.0), (80.0, 20.0, 15.0)]
 RING_SHAPE = (96, 128)
+WINDOW = 24
 PIXSCALE_KM = 0.1
 MAS = 1.0 / 3.6e6
 
@@ -140,10 +142,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory, cluster: str) -> Runs:
     rings = root / "rings.fits"
     fits.PrimaryHDU(_rings(), header=_moon_header()).writeto(rings)
     models = {"levels": root / "levels.onnx", "morph": root / "morph.onnx",
-              "rim": root / "rim.onnx", "never": root / "never.onnx"}
+              "rim": root / "rim.onnx", "never": root / "never.onnx",
+              "wide": root / "wide.onnx"}
     level_model(models["levels"], levels=LEVELS)
     level_model(models["never"], levels=(100.0, 200.0), name="never")
     classify_model(models["morph"], patch=16)
+    classify_model(models["wide"], patch=WINDOW, name="wide")
     identity_model(models["rim"], name="rim", r_max=20)
     cats, xy, inside = _write_catalogs(root, WCS(header))
     stores: dict[str, Path] = {}
@@ -163,6 +167,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, cluster: str) -> Runs:
     for fmt, path in cats.items():
         go(f"cat_{fmt}", models=(str(models["morph"]),), catalog=str(path),
            catalog_origin=1 if fmt == "csv" else 0)
+    # windows of 24 px: some cross the 40 px units' borders, the last column of windows
+    # reaches beyond the image (x 96..120 of 112) and one of them holds the NaN box
+    go("windows", models=(str(models["wide"]),), catalog="windows", tile=40)
+    go("windows_whole", models=(str(models["wide"]),), catalog="windows", tile=1024)
     go("craters", inputs=(str(rings),), models=(str(models["rim"]),))
     off = root / "off.csv"
     off.write_text("x,y\n-50,-50\n300,20\n")
@@ -319,6 +327,87 @@ def test_classify_at_catalog_positions_from_fits_csv_and_parquet(runs: Runs) -> 
         if first is None:
             first = probs
         np.testing.assert_allclose(probs, first, atol=1e-6)
+
+
+def test_classify_windows_catalog_has_each_window_once_with_its_probabilities(
+    runs: Runs,
+) -> None:
+    meta = read_model_meta(runs.models["wide"])
+    sess = ort.InferenceSession(str(runs.models["wide"]), providers=["CPUExecutionProvider"])
+    c = _cat(runs.stores["windows"], "wide")
+    nwy, nwx = -(-SHAPE[0] // WINDOW), -(-SHAPE[1] // WINDOW)  # 4 x 5 windows
+    ky, kx = np.divmod(np.arange(nwy * nwx), nwx)
+    assert c["id"].tolist() == list(range(nwy * nwx))  # windows crossing units: once
+    np.testing.assert_array_equal(c["x"], kx * WINDOW + (WINDOW - 1) / 2)
+    np.testing.assert_array_equal(c["y"], ky * WINDOW + (WINDOW - 1) / 2)
+    flags = np.where(kx == nwx - 1, 2, 0)  # beyond the image's right edge
+    flags[(ky == 3) & (kx == 4)] |= 1  # the NaN box at y 72..74, x 104..106
+    assert c["flags"].tolist() == flags.tolist()
+    probs = np.stack([c["p_smooth"], c["p_featured"]], axis=1)
+    for k in np.flatnonzero(kx < nwx - 1):  # whole windows: the model run by hand
+        win = runs.pixels[ky[k] * WINDOW:(ky[k] + 1) * WINDOW, kx[k] * WINDOW:(kx[k] + 1) * WINDOW]
+        if np.isfinite(win).all():
+            p = sess.run(None, {"image": normalise(win[None, None], meta.normalisation)})[0][0]
+            np.testing.assert_allclose(probs[k], p, atol=1e-6)
+    assert (c["class_id"] == probs.argmax(axis=1)).all()
+    ra, dec = WCS(fits.getheader(runs.image)).all_pix2world(c["x"], c["y"], 0)
+    np.testing.assert_allclose(c["ra"], ra, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(c["dec"], dec, rtol=0, atol=1e-12)
+    whole = _cat(runs.stores["windows_whole"], "wide")  # one unit: the same catalog
+    for name in c:
+        if name.startswith("p_"):
+            np.testing.assert_allclose(c[name], whole[name], atol=1e-6)
+        else:
+            assert np.array_equal(c[name], whole[name]), name
+    # the class map painted by the same windows
+    mask = zarr.open_group(str(runs.stores["windows"]), mode="r")["images/sky/wide/mask"][...]
+    assert (mask[ky * WINDOW, kx * WINDOW] == c["class_id"]).all()
+    # the mode is part of the store's configuration: sources are not resumed into it
+    with pytest.raises(StoreError, match="another configuration"):
+        run(RunConfig.from_dict({
+            "inputs": (str(runs.image),), "models": (str(runs.models["wide"]),),
+            "out": str(runs.stores["windows"]), "tile": 40, "patch": 64, "batch": 4,
+            "device": "cpu", "retries": 0, "workers": 1, "threads": 1,
+        }))
+
+
+def _window_view(unit: Unit, pixels: np.ndarray, origin: tuple[int, int],
+                 probs: dict[tuple[int, int], tuple[float, float]]) -> UnitView:
+    """A unit's view with each window's probabilities painted over its part of the unit."""
+    acc = np.full((2, *unit.shape), np.nan, np.float32)
+    for (ky, kx), p in probs.items():
+        ys = slice(max(ky * 4, unit.y0) - unit.y0, min(ky * 4 + 4, unit.y1) - unit.y0)
+        xs = slice(max(kx * 4, unit.x0) - unit.x0, min(kx * 4 + 4, unit.x1) - unit.x0)
+        acc[:, ys, xs] = np.asarray(p, np.float32)[:, None, None]
+    return UnitView(unit=unit, image_shape=(10, 11), region=unit, acc=acc,
+                    mask=np.zeros(unit.shape, np.uint8), pixels=pixels, origin=origin,
+                    windows=True)
+
+
+def test_windows_without_data_have_no_row_and_units_share_crossing_windows(
+    tmp_path: Path,
+) -> None:
+    head = ClassifyHead(classify_model(tmp_path / "m.onnx", patch=4))
+    # a 10 x 11 image of 4 x 4 windows (3 a row: the last reaches beyond x = 10); two
+    # units of 6 x 6 / 6 x 5 pixels side by side, so the windows at x 4..7 cross them
+    img = np.ones((1, 10, 12), np.float32)
+    img[:, 0:4, 0:4] = np.nan  # window (0, 0) has no data at all
+    img[0, 5, 9] = np.nan  # window (1, 2) has one pixel without data
+    a = head.catalog(_window_view(Unit(0, 0, 0, 6, 0, 6), img[:, 0:8, 0:8], (0, 0), {
+        (0, 0): (0.5, 0.5), (0, 1): (0.9, 0.1), (1, 0): (0.8, 0.2), (1, 1): (0.7, 0.3)}))
+    b = head.catalog(_window_view(Unit(0, 1, 0, 6, 6, 11), img[:, 0:8, 4:12], (0, 4), {
+        (0, 1): (0.6, 0.4), (0, 2): (0.2, 0.8), (1, 1): (0.7, 0.3), (1, 2): (0.1, 0.9)}))
+    assert a["window"].tolist() == [1, 3, 4]  # (0, 0): no row
+    assert b["window"].tolist() == [1, 2, 4, 5]
+    assert b["flags"].tolist() == [0, 2, 0, 3]  # edge; edge + masked
+    rows = head.merge({(0, 0): a, (0, 1): b}, image_shape=(10, 11))
+    assert rows["id"].tolist() == [1, 2, 3, 4, 5]
+    assert rows["x"].tolist() == [5.5, 9.5, 1.5, 5.5, 9.5]
+    assert rows["y"].tolist() == [1.5, 1.5, 5.5, 5.5, 5.5]
+    assert rows["flags"].tolist() == [0, 2, 0, 0, 3]
+    # a window in both units' fragments: the first unit's row
+    np.testing.assert_allclose(rows["p_smooth"], [0.9, 0.2, 0.8, 0.7, 0.1], atol=1e-7)
+    assert rows["class"].tolist() == ["smooth", "featured", "smooth", "smooth", "featured"]
 
 
 def test_input_catalog_columns_and_errors(runs: Runs, tmp_path: Path) -> None:

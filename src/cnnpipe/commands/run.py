@@ -61,10 +61,11 @@ def _parse_bands(
                    "want more).")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Extra attempts of a failing work unit.")
-@click.option("--catalog", metavar="POSITIONS",
-              help="Source positions for classify models: FITS table, Parquet, CSV or "
-                   "VOTable with ra/dec (deg) or x/y (0-based pixels) columns [default: "
-                   "detect sources with sep].")
+@click.option("--catalog", metavar="POSITIONS|windows",
+              help="What classify models catalog: the positions in a FITS table, Parquet, "
+                   "CSV or VOTable file with ra/dec (deg) or x/y (0-based pixels) columns; "
+                   "'windows': every sliding window of the class map, one row each "
+                   "[default: sources detected with sep].")
 @click.option("--catalog-origin", type=click.Choice(["0", "1"]), default="0",
               show_default=True,
               help="Pixel origin of the catalog's x/y columns (1: FITS/ds9 convention).")

@@ -27,7 +27,11 @@ Example (``deploy/nightly.example.toml`` has a commented one)::
     [cluster.slurm]                        # dask_jobqueue.SLURMCluster(**table)
     [cluster.kubernetes]                   # dask_kubernetes.operator.KubeCluster(**table)
 
-Every error names the file and the key, says what was expected and what was found.
+Relative paths (``output_root``, ``ledger``, ``quarantine``, ``reports``, ``inputs``,
+``models`` given as paths, ``[run] catalog``, the ``[cluster]`` TLS files) are taken
+from the file's folder, not from the directory the job starts in; a ``models`` entry
+without a folder or an ``.onnx`` suffix names a bundled demo model.  Every error names
+the file and the key, says what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnpipe.errors import ConfigError
-from cnnpipe.pipeline.config import RunConfig
+from cnnpipe.pipeline.config import WINDOWS, RunConfig
 
 __all__ = [
     "NIGHTLY_SCHEMA",
@@ -106,6 +110,12 @@ def _str_list(where: str, key: str, value: object) -> tuple[str, ...]:
     return tuple(_str(where, f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
+def _is_relative_path(text: str) -> bool:
+    """``text`` names a file by a relative path (has a folder or an ``.onnx`` suffix)."""
+    p = Path(text).expanduser()
+    return not p.is_absolute() and (len(p.parts) > 1 or p.suffix == ".onnx")
+
+
 def _check_keys(where: str, table: str, data: Mapping[str, Any], known: set[str]) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
@@ -147,8 +157,12 @@ class ClusterSpec:
     kubernetes: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str) -> ClusterSpec:
-        """Validate the ``[cluster]`` table (``where`` names the file in errors)."""
+    def from_dict(cls, data: Mapping[str, Any], *, where: str,
+                  base: Path | None = None) -> ClusterSpec:
+        """Validate the ``[cluster]`` table (``where`` names the file in errors).
+
+        Relative TLS file paths are taken from ``base`` (the configuration's folder).
+        """
         if not isinstance(data, Mapping):
             raise _fail(where, f"[cluster]: Expected a table. Got {data!r}.")
         _check_keys(where, "[cluster]", data, {f.name for f in fields(cls)})
@@ -173,6 +187,8 @@ class ClusterSpec:
         if any(tls) and not all(tls):
             raise _fail(where, "[cluster] tls_ca_file, tls_cert, tls_key: Expected all three "
                         f"or none. Got {tls}.")
+        if base is not None:
+            tls = [str(base / Path(t).expanduser()) if isinstance(t, str) else t for t in tls]
         for name in ("slurm", "kubernetes"):
             if not isinstance(data.get(name, {}), Mapping):
                 raise _fail(where, f"[cluster.{name}]: Expected a table. Got {data[name]!r}.")
@@ -278,7 +294,12 @@ class NightlyConfig:
             _template(where, f"inputs[{i}]", pattern)
         inputs = tuple(p if Path(p).expanduser().is_absolute() else str(base / p)
                        for p in (str(Path(q).expanduser()) for q in inputs))
-        models = _str_list(where, "models", data.get("models"))
+        # a path (a folder in it, or .onnx) from the file's folder; a bare name is a
+        # bundled demo model
+        models = tuple(
+            str(base / Path(m).expanduser()) if _is_relative_path(m) else m
+            for m in _str_list(where, "models", data.get("models"))
+        )
         try:
             mode = QuarantineMode(data.get("quarantine_mode", "move"))
         except ValueError:
@@ -287,6 +308,11 @@ class NightlyConfig:
         run = data.get("run", {})
         if not isinstance(run, Mapping):
             raise _fail(where, f"[run]: Expected a table. Got {run!r}.")
+        run = dict(run)
+        catalog = run.get("catalog")
+        if isinstance(catalog, str) and catalog != WINDOWS and catalog:
+            path_ = Path(catalog).expanduser()
+            run["catalog"] = str(path_ if path_.is_absolute() else base / path_)
         own = sorted(_OWN_RUN_KEYS & set(run))
         if own:
             raise _fail(where, f"[run]: {own} are set by the nightly job itself (inputs, models "
@@ -296,7 +322,7 @@ class NightlyConfig:
                                  "out": "o.zarr"})
         except (ConfigError, TypeError) as exc:
             raise _fail(where, f"[run]: {exc}") from None
-        cluster = ClusterSpec.from_dict(data.get("cluster", {}), where=where)
+        cluster = ClusterSpec.from_dict(data.get("cluster", {}), where=where, base=base)
         return cls(
             source=where, output_root=root, partition=partition, inputs=inputs, models=models,
             ledger=path("ledger", root / "ledger"),

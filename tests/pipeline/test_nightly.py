@@ -397,6 +397,33 @@ def test_unknown_model_and_missing_cluster_package_are_config_errors(tmp_path: P
             run_nightly(config, NIGHT)
 
 
+def test_relative_paths_are_taken_from_the_configuration_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    path = etc / "nightly.toml"
+    path.write_text(
+        'output_root = "out"\ninputs = ["in/{night}"]\n'
+        'models = ["models/seg.onnx", "craters.onnx", "demo_galaxy", "/abs/m.onnx"]\n'
+        '[run]\ncatalog = "pos/stars.csv"\n'
+        '[cluster]\nkind = "scheduler"\naddress = "tls://h:8786"\n'
+        'tls_ca_file = "tls/ca.pem"\ntls_cert = "tls/client.pem"\ntls_key = "/k/client.key"\n'
+    )
+    monkeypatch.chdir(tmp_path)  # not the configuration's folder
+    config = NightlyConfig.from_toml(path)
+    assert config.output_root == etc / "out"
+    assert config.inputs == (str(etc / "in/{night}"),)
+    assert config.models == (str(etc / "models/seg.onnx"), str(etc / "craters.onnx"),
+                             "demo_galaxy", "/abs/m.onnx")
+    assert config.run["catalog"] == str(etc / "pos/stars.csv")
+    assert (config.cluster.tls_ca_file, config.cluster.tls_cert, config.cluster.tls_key) == (
+        str(etc / "tls/ca.pem"), str(etc / "tls/client.pem"), "/k/client.key")
+    path.write_text('output_root = "out"\ninputs = ["in"]\nmodels = ["demo_galaxy"]\n'
+                    '[run]\ncatalog = "windows"\n')
+    assert NightlyConfig.from_toml(path).run["catalog"] == "windows"
+
+
 def test_inputs_globs_folders_and_night_template(tmp_path: Path) -> None:
     night = tmp_path / "2026-01-02"
     night.mkdir()

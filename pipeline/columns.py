@@ -165,6 +165,6 @@ def catalog_schema(
 ) -> list[Column]:
     """All columns of a model's catalog, in order."""
     what = {Task.SEGMENT: "centroid", Task.CRATERS: "crater centre",
-            Task.CLASSIFY: "source position (sliding windows: window centre)"}[meta.task]
+            Task.CLASSIFY: "source position or window centre"}[meta.task]
     head, tail = common_columns(world, what=what)
     return [*head, *task_columns(meta, id_dtype=id_dtype), *tail]

@@ -4,7 +4,9 @@
   whose columns carry their unit and description; :func:`write_table` writes it:
 
   - ``parquet``: pyarrow, each field's metadata holds ``unit`` and ``description``, the
-    schema metadata ``cnnpipe`` (JSON: model, task, world columns, flag bits);
+    schema metadata ``cnnpipe`` (JSON: model, task, world columns, flag bits) and
+    astropy's ``table_meta_yaml`` header, so ``Table.read`` restores units and
+    descriptions too;
   - ``fits``: a binary table (``TUNITn``; descriptions in ``TCOMMn`` cards);
   - ``votable``: units and descriptions in the FIELD elements;
   - ``csv``: comma-separated ECSV (a ``#`` YAML header with units and descriptions,
@@ -155,15 +157,24 @@ def _schema_of(table: Any) -> list[Column]:
 def _write_parquet(table: Any, path: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from astropy.table.meta import get_yaml_from_table
 
     fields, arrays = [], []
+    # astropy's own Parquet reader (Table.read) takes units, descriptions and the table
+    # meta from its YAML header, and string widths from table::len:: keys
+    meta = {"cnnpipe": json.dumps(dict(table.meta), default=str),
+            "table_meta_yaml": "\n".join(get_yaml_from_table(table))}
     for c in _schema_of(table):
         values = np.asarray(table[c.name])
-        arr = pa.array(values.tolist(), type=pa.string()) if c.dtype == "str" else pa.array(values)
+        if c.dtype == "str":
+            arr = pa.array(values.tolist(), type=pa.string())
+            meta[f"table::len::{c.name}"] = str(max([len(v) for v in values.tolist()] or [1]))
+        else:
+            arr = pa.array(values)
         fields.append(pa.field(c.name, arr.type, metadata={
             "unit": c.unit, "description": c.description}))
         arrays.append(arr)
-    schema = pa.schema(fields, metadata={"cnnpipe": json.dumps(dict(table.meta), default=str)})
+    schema = pa.schema(fields, metadata=meta)
     pq.write_table(pa.Table.from_arrays(arrays, schema=schema), path)
 
 

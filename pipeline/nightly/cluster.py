@@ -26,7 +26,8 @@ class NightCluster:
     description: str
     #: onnxruntime intra-op threads per session (None: cnnpipe run's default)
     ort_threads: int | None = None
-    #: Dask threads of the whole cluster, where known when it starts (embedded)
+    #: Dask threads of the whole cluster where known when it starts (embedded; a
+    #: running scheduler's workers at the start of the night)
     threads: int | None = None
 
 
@@ -48,6 +49,22 @@ def _import(kind: str, module: str, extra: str) -> Any:
         msg = (f"[cluster] kind = {kind!r} needs {module.split('.')[0]}; install it with "
                f"pip install 'cnnpipe[{extra}]'.")
         raise ConfigError(msg) from None
+
+
+def _scheduler_threads(spec: ClusterSpec) -> int | None:
+    """Dask threads of the workers a running scheduler has now (None: none or unreachable).
+
+    Unreachable is not an error here: each input's run reports it, naming the address.
+    """
+    from distributed import Client
+
+    try:
+        with Client(spec.address, security=_security(spec), timeout="10s",
+                    set_as_default=False) as client:
+            return sum(client.nthreads().values()) or None
+    except (OSError, TimeoutError) as exc:
+        log.warning("scheduler %s: could not count its workers' threads (%s)", spec.address, exc)
+        return None
 
 
 def make_cluster(spec: ClusterSpec) -> tuple[Any, str]:
@@ -96,7 +113,7 @@ def open_cluster(spec: ClusterSpec, run: RunConfig, *, gpu: bool) -> Iterator[Ni
     """
     if spec.kind is ClusterKind.SCHEDULER:
         yield NightCluster(address=spec.address or "", description=f"scheduler {spec.address}",
-                           ort_threads=run.ort_threads)
+                           ort_threads=run.ort_threads, threads=_scheduler_threads(spec))
         return
     if spec.kind is ClusterKind.EMBEDDED:
         from dataclasses import replace

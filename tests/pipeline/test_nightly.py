@@ -473,6 +473,39 @@ def test_a_crater_night_reports_the_size_frequency_plot_and_model_age(tmp_path: 
     assert Path(sfd[0]).name in md
 
 
+def test_a_running_schedulers_threads_are_how_many_inputs_run_at_once(
+    tmp_path: Path, models: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import LocalCluster
+
+    import cnnpipe.pipeline.nightly.job as job
+
+    folder = tmp_path / "incoming" / NIGHT
+    folder.mkdir(parents=True)
+    for k in range(8):
+        write_float(folder / f"f{k}.fits", shape=(20, 20), seed=k)
+    running, most = set(), []
+
+    def fake(config: Any, night: str, todo: Any, **kw: Any) -> InputOutcome:
+        running.add(todo.path.name)
+        most.append(len(running))
+        time.sleep(0.3)
+        running.discard(todo.path.name)
+        return InputOutcome(input=str(todo.path), status="done", sha256=todo.sha)
+
+    monkeypatch.setattr(job, "_process", fake)
+    with LocalCluster(n_workers=3, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as lc:
+        config = NightlyConfig.from_dict({
+            "output_root": str(tmp_path / "out"), "inputs": [str(tmp_path / "incoming/{night}")],
+            "models": [str(models[0])], "run": RUN,
+            "cluster": {"kind": "scheduler", "address": lc.scheduler_address}}, where="n.toml")
+        run_nightly(config, NIGHT, plots=False)
+    rep = json.loads((tmp_path / "out" / "reports" / f"{NIGHT}.json").read_text())
+    assert rep["cluster"].endswith("; 6 input(s) at a time")  # 3 workers x 2 threads
+    assert max(most) == 6
+
+
 def test_slurm_workers_from_the_deploy_configuration_are_gpu_workers_that_retire() -> None:
     """The job script dask-jobqueue makes from deploy/slurm (nothing is submitted)."""
     jobqueue = pytest.importorskip("dask_jobqueue")

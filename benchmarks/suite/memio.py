@@ -112,7 +112,8 @@ def plain_loop(image: Path, out: Path, specs: dict[str, dict[str, Any]], tile: i
                 mask = np.zeros(px.shape, np.uint8)
                 mask[nodata] = 255
                 prob = np.empty((planes, *px.shape), np.float16)
-                prob[:] = px
+                with np.errstate(over="ignore"):  # stars above 65504: inf, as in the store
+                    prob[:] = px
                 prob[:, nodata] = np.nan
                 arrays["mask"][y0:y0 + tile, x0:x0 + tile] = mask
                 arrays["prob"][:, y0:y0 + tile, x0:x0 + tile] = prob

@@ -110,10 +110,16 @@ def _str_list(where: str, key: str, value: object) -> tuple[str, ...]:
     return tuple(_str(where, f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
-def _is_relative_path(text: str) -> bool:
-    """``text`` names a file by a relative path (has a folder or an ``.onnx`` suffix)."""
+def _model_entry(text: str, base: Path) -> str:
+    """One ``models`` entry: a file path, or the name of a bundled demo model.
+
+    Absolute, ``~``, with a folder or with an ``.onnx`` suffix is a path (a relative one
+    from ``base``); anything else is a name, kept as it is.
+    """
     p = Path(text).expanduser()
-    return not p.is_absolute() and (len(p.parts) > 1 or p.suffix == ".onnx")
+    if p.is_absolute():
+        return str(p)
+    return str(base / p) if len(p.parts) > 1 or p.suffix == ".onnx" else text
 
 
 def _check_keys(where: str, table: str, data: Mapping[str, Any], known: set[str]) -> None:
@@ -296,12 +302,8 @@ class NightlyConfig:
             _template(where, f"inputs[{i}]", pattern)
         inputs = tuple(p if Path(p).expanduser().is_absolute() else str(base / p)
                        for p in (str(Path(q).expanduser()) for q in inputs))
-        # a path (a folder in it, or .onnx) from the file's folder; a bare name is a
-        # bundled demo model
-        models = tuple(
-            str(base / Path(m).expanduser()) if _is_relative_path(m) else m
-            for m in _str_list(where, "models", data.get("models"))
-        )
+        models = tuple(_model_entry(m, base)
+                       for m in _str_list(where, "models", data.get("models")))
         try:
             mode = QuarantineMode(data.get("quarantine_mode", "move"))
         except ValueError:

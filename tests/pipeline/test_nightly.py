@@ -405,7 +405,8 @@ def test_relative_paths_are_taken_from_the_configuration_folder(
     path = etc / "nightly.toml"
     path.write_text(
         'output_root = "out"\ninputs = ["in/{night}"]\n'
-        'models = ["models/seg.onnx", "craters.onnx", "demo_galaxy", "/abs/m.onnx"]\n'
+        'models = ["models/seg.onnx", "craters.onnx", "demo_galaxy", "/abs/m.onnx", '
+        '"~/m.onnx"]\n'
         '[run]\ncatalog = "pos/stars.csv"\n'
         '[cluster]\nkind = "scheduler"\naddress = "tls://h:8786"\n'
         'tls_ca_file = "tls/ca.pem"\ntls_cert = "tls/client.pem"\ntls_key = "/k/client.key"\n'
@@ -415,7 +416,7 @@ def test_relative_paths_are_taken_from_the_configuration_folder(
     assert config.output_root == etc / "out"
     assert config.inputs == (str(etc / "in/{night}"),)
     assert config.models == (str(etc / "models/seg.onnx"), str(etc / "craters.onnx"),
-                             "demo_galaxy", "/abs/m.onnx")
+                             "demo_galaxy", "/abs/m.onnx", str(Path.home() / "m.onnx"))
     assert config.run["catalog"] == str(etc / "pos/stars.csv")
     assert (config.cluster.tls_ca_file, config.cluster.tls_cert, config.cluster.tls_key) == (
         str(etc / "tls/ca.pem"), str(etc / "tls/client.pem"), "/k/client.key")

@@ -208,8 +208,9 @@ def test_gpu_report_with_tensorrt_rows() -> None:
 @pytest.mark.parametrize(("tool", "args"), [
     ("lanes", ["--size", "1024", "--reps", "1"]),
     ("unit_cost", ["--size", "1024", "--tile", "512", "--reps", "1"]),
+    ("pairs", ["--size", "1024", "--pairs", "2"]),
 ])
-def test_per_unit_tools_run_and_write_their_json(tmp_path: Path, tool: str,
+def test_single_purpose_tools_run_and_write_their_json(tmp_path: Path, tool: str,
                                                  args: list[str]) -> None:
     p = subprocess.run([sys.executable, "-m", f"benchmarks.{tool}", *args, "--out",
                         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -220,6 +221,12 @@ def test_per_unit_tools_run_and_write_their_json(tmp_path: Path, tool: str,
         assert set(result["seconds"]) == {"lanes", "no lanes"}
         assert [len(v) for v in result["seconds"].values()] == [1, 1]
         assert min(min(v) for v in result["seconds"].values()) > 0
+    elif tool == "pairs":
+        assert [len(v) for v in result["seconds"].values()] == [2, 2]
+        assert result["ratios"] == [b / c for b, c in zip(result["seconds"]["bare"],
+                                                           result["seconds"]["cnnpipe"])]
+        assert result["min_ratio"] <= result["median_ratio"] <= result["max_ratio"]
+        assert result["patches"] > 0
     else:
         assert result["units"] == 4
         assert result["other_wall_s_per_unit"] > 0

@@ -31,6 +31,19 @@ REPO = Path(__file__).resolve().parent.parent
 # -- description and noise -------------------------------------------------------------
 
 
+def tool_parser(doc: str | None, *, size: int) -> argparse.ArgumentParser:
+    """The options every single-purpose tool shares (lanes, pairs, unit_cost).
+
+    ``--model`` (the bundled demo_segment), ``--size`` of its simulated sky and
+    ``--out`` (the folder of its JSON).
+    """
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    ap.add_argument("--model", default=str(REPO / "src/cnnpipe/models/demo_segment.onnx"))
+    ap.add_argument("--size", type=int, default=size)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    return ap
+
+
 def auto_int(text: str) -> int | None:
     """argparse type of ``--patch`` / ``--batch``: ``auto`` (None) or a positive integer."""
     if text.strip().lower() == "auto":

@@ -11,7 +11,6 @@ kept busy (its CPU seconds / wall seconds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import shutil
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, code_state, log, machine, write_image
+from benchmarks.common import code_state, log, machine, tool_parser, write_image
 
 
 def _cpu_s() -> float:
@@ -32,11 +31,8 @@ def _cpu_s() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure; print a summary; write the JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=str(REPO / "src/cnnpipe/models/demo_segment.onnx"))
-    ap.add_argument("--size", type=int, default=8192)
+    ap = tool_parser(__doc__, size=8192)
     ap.add_argument("--reps", type=int, default=8)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = ap.parse_args(argv)
 
     from cnnpipe.pipeline.malloc import tune_malloc

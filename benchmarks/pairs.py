@@ -21,7 +21,6 @@ each side's median and spread.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -32,23 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    REPO,
     build_batches,
     code_state,
     log,
     machine,
     ort_session,
+    tool_parser,
     write_image,
 )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure; print a summary; write the JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=str(REPO / "src/cnnpipe/models/demo_segment.onnx"))
-    ap.add_argument("--size", type=int, default=16384)
+    ap = tool_parser(__doc__, size=16384)
     ap.add_argument("--pairs", type=int, default=8)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = ap.parse_args(argv)
 
     from cnnpipe.pipeline.malloc import tune_malloc

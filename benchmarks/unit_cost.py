@@ -14,7 +14,6 @@ cumulative); writes ``unit_cost.json`` into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import json
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import REPO, code_state, log, machine
+from benchmarks.common import code_state, log, machine, tool_parser
 
 
 class _Recording:
@@ -67,13 +66,10 @@ class _Replay:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure; print a summary; write the JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=str(REPO / "src/cnnpipe/models/demo_segment.onnx"))
-    ap.add_argument("--size", type=int, default=4096)
+    ap = tool_parser(__doc__, size=4096)
     ap.add_argument("--tile", type=int, default=2048)
     ap.add_argument("--gaps", action="store_true", help="simulate chip gaps (no-data pixels)")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = ap.parse_args(argv)
 
     from cnnpipe.pipeline.malloc import tune_malloc

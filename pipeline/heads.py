@@ -513,11 +513,11 @@ class ClassifyHead(PixelHead):
         """The sliding windows that meet the unit and hold any data, one row each.
 
         A window's probabilities are those painted over its pixels in ``view.acc`` (no
-        second inference).  ``window`` numbers the window in the image, row-major; ``x``,
-        ``y`` are its centre (beyond the image for an edge window more than half
-        outside).  Flags: masked if any of its pixels has no data, edge if it reaches
-        beyond the image (filled by reflection).  A window crossing a unit border is in
-        both units' fragments; :meth:`merge` keeps one.
+        second inference).  ``window`` numbers the window in the image, row-major (the
+        merged catalog's ``id``); ``x``, ``y`` are its centre (beyond the image for an
+        edge window more than half outside).  Flags: masked if any of its pixels has no
+        data, edge if it reaches beyond the image (filled by reflection).  A window
+        crossing a unit border is in both units' fragments; :meth:`merge` keeps one.
         """
         py, px = self.meta.input.patch or (1, 1)
         u, r = view.unit, view.region
@@ -539,7 +539,7 @@ class ClassifyHead(PixelHead):
         gy, gx = (a.ravel()[keep] for a in np.meshgrid(ky, kx, indexing="ij"))
         number = gy * -(-nx // px) + gx
         out: Fragment = {
-            "window": number, "id": number, "row": np.full(number.size, -1, np.int64),
+            "window": number, "row": np.full(number.size, -1, np.int64),
             "x": gx * px + (px - 1) / 2.0, "y": gy * py + (py - 1) / 2.0,
             "flags": flags.ravel()[keep].astype(np.uint8),
         }
@@ -558,10 +558,10 @@ class ClassifyHead(PixelHead):
         classes = self.meta.output.classes
         row = _cat(frags, "row", np.int64)
         x, y = _cat(frags, "x", np.float64), _cat(frags, "y", np.float64)
-        ids = _cat(frags, "id", np.int64)
         if any("window" in f for f in frags.values()):
             ids, order = np.unique(_cat(frags, "window", np.int64), return_index=True)
         else:
+            ids = _cat(frags, "id", np.int64)
             detected = bool(row.size) and bool((row < 0).all())
             order = np.lexsort((x, y)) if detected else np.argsort(row, kind="stable")
             ids = np.arange(row.size, dtype=np.int64) if detected else ids[order]

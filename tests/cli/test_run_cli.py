@@ -21,6 +21,8 @@ from astropy.wcs import WCS
 from click.testing import CliRunner
 
 from cnnpipe.cli import cli
+from cnnpipe.pipeline.config import RunConfig
+from cnnpipe.pipeline.execute import cluster_plan
 from cnnpipe.pipeline.store import lock_path
 from cnnpipe.testing.onnx_models import craters_model, segment_model
 
@@ -198,3 +200,17 @@ def test_killed_run_resumes_and_takes_over_the_stale_lock(
         np.testing.assert_array_equal(got[column], values, err_msg=column)
     rows = list(zip(got["x"].tolist(), got["y"].tolist(), got["area_px"].tolist()))
     assert len(rows) == len(set(rows))
+
+
+def test_help_states_the_cluster_layout_defaults_cluster_plan_uses() -> None:
+    # the help said "--threads [default: 1]" while a CPU run has used 2 threads a worker
+    help_text = " ".join(str(_invoke("run", "--help").output).split())  # type: ignore[attr-defined]
+    cfg = RunConfig(inputs=("a.fits",), models=("m.onnx",), out="o.zarr")
+    cpu, gpu = cluster_plan(cfg, cores=16), cluster_plan(cfg, cores=16, gpu=True)
+    assert (cpu.workers, gpu.workers) == (16 // 4, 1)
+    assert "[default: cores // 4, at least 1, on a CPU; 1 on a GPU]" in help_text
+    assert f"[default: {cpu.threads} on a CPU, {gpu.threads} on a GPU;" in help_text
+    assert cpu.ort_threads == 16 // (cpu.workers * cpu.threads)
+    assert "[default: cores // (workers x threads);" in help_text
+    few = cluster_plan(cfg, cores=16, units=1)
+    assert (few.workers, few.threads) == (1, 1)

@@ -39,11 +39,15 @@ def _parse_bands(
 @click.option("--tls-key", metavar="KEY.pem", envvar="CNNPIPE_TLS_KEY",
               help="This client's private key for a tls:// scheduler.")
 @click.option("--workers", type=click.IntRange(min=1),
-              help="Local cluster worker processes [default: from the CPU count].")
+              help="Local cluster worker processes [default: cores // 4, at least 1, on a "
+                   "CPU; 1 on a GPU].")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="Dask threads per local worker process [default: 1].")
+              help="Dask threads per local worker process: units in flight [default: 2 on a "
+                   "CPU, 1 on a GPU; with fewer units to do, 1 worker with a thread per "
+                   "unit].")
 @click.option("--ort-threads", type=click.IntRange(min=1),
-              help="onnxruntime intra-op threads per session [default: cores / workers].")
+              help="onnxruntime intra-op threads per session [default: cores // (workers x "
+                   "threads); 1 per Dask thread with --scheduler].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
               envvar="CNNPIPE_DEVICE", show_default=True,
               help="gpu fails unless CUDA is really active on every worker.")

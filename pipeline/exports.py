@@ -1,4 +1,4 @@
-"""Exports of a run store: catalogs to Parquet / FITS / VOTable / CSV, masks to FITS.
+"""Exports of a run store: catalogs to Parquet / FITS / VOTable / ECSV / CSV, masks to FITS.
 
 * :func:`catalog_table` reads ``catalogs/<model>/`` into an :class:`astropy.table.Table`
   whose columns carry their unit and description; :func:`write_table` writes it:
@@ -9,9 +9,12 @@
     descriptions too;
   - ``fits``: a binary table (``TUNITn``; descriptions in ``TCOMMn`` cards);
   - ``votable``: units and descriptions in the FIELD elements;
-  - ``csv``: comma-separated ECSV (a ``#`` YAML header with units and descriptions,
-    then plain CSV; read it with ``Table.read(f, format="ascii.ecsv")`` or any CSV
-    reader that skips ``#`` lines).
+  - ``ecsv``: astropy's ECSV, comma-separated (a ``#`` YAML header with units,
+    descriptions and the table's metadata, then the rows); ``Table.read(f.ecsv)``
+    restores everything;
+  - ``csv``: plain CSV, one header line of column names, then the rows: what pandas,
+    spreadsheets, ``Table.read(f.csv)`` and any CSV reader take, without units or
+    descriptions (choose ECSV, Parquet, FITS or VOTable to keep them).
 
 * :func:`write_mask_fits` streams one image's uint8 class mask into a FITS primary
   HDU (``BITPIX = 8``, ``BLANK = 255`` marks pixels without data, ``CLASSn`` cards name
@@ -52,7 +55,7 @@ __all__ = [
 
 #: catalog export formats and their usual file suffixes
 FORMATS = {"parquet": (".parquet", ".pq"), "fits": (".fits", ".fit"),
-           "votable": (".vot", ".votable", ".xml"), "csv": (".csv", ".ecsv")}
+           "votable": (".vot", ".votable", ".xml"), "ecsv": (".ecsv",), "csv": (".csv",)}
 #: header cards of the image that are wrong for its mask
 MASK_DROP = frozenset({"BUNIT", "DATAMIN", "DATAMAX", "BLANK", "SATURATE", "GAIN",
                        "RDNOISE", "CHECKSUM", "DATASUM"})
@@ -225,7 +228,7 @@ def _atomic(path: str, what: str) -> Iterator[str]:
 
 def write_table(table: Any, path: str | os.PathLike[str], fmt: str, *,
                 overwrite: bool = False) -> str:
-    """Write a catalog table as ``fmt`` (``parquet``, ``fits``, ``votable``, ``csv``).
+    """Write a catalog table as ``fmt`` (one of :data:`FORMATS`; module docstring).
 
     The file is written next to ``path`` and renamed into place.
 
@@ -245,8 +248,12 @@ def write_table(table: Any, path: str | os.PathLike[str], fmt: str, *,
             _write_fits(table, tmp)
         elif fmt == "votable":
             table.write(tmp, format="votable", overwrite=True)
-        else:
+        elif fmt == "ecsv":
             table.write(tmp, format="ascii.ecsv", delimiter=",", overwrite=True)
+        else:  # plain CSV: no '#' lines, which pandas and astropy's csv reader refuse
+            plain = table.copy(copy_data=False)
+            plain.meta.clear()
+            plain.write(tmp, format="ascii.csv", overwrite=True)
     return path
 
 

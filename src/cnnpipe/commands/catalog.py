@@ -11,7 +11,8 @@ __all__ = ["command"]
 @click.argument("store", metavar="OUT.zarr", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", metavar="NAME",
               help="Model whose catalog to export (may be left out for a one-model store).")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "fits", "votable", "csv"]),
+@click.option("--format", "fmt",
+              type=click.Choice(["parquet", "fits", "votable", "ecsv", "csv"]),
               help="Output format [default: from the -o suffix].")
 @click.option("-o", "--output", required=True, metavar="FILE", help="Output file.")
 @click.option("--allow-incomplete", is_flag=True,
@@ -19,10 +20,11 @@ __all__ = ["command"]
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def command(store: str, model: str | None, fmt: str | None, output: str,
             allow_incomplete: bool, overwrite: bool) -> None:
-    """Export a catalog (units and descriptions kept) as Parquet, FITS, VOTable or CSV.
+    """Export a catalog as Parquet, FITS, VOTable, ECSV or CSV.
 
-    CSV is written as comma-separated ECSV: a '#' header with units and descriptions,
-    then plain CSV rows.
+    All but CSV keep each column's unit and description (ECSV in a '#' header, then
+    comma-separated rows). CSV is plain: one line of column names, then the rows, for
+    pandas and spreadsheets.
     """
     from cnnpipe.pipeline.exports import catalog_table, format_for, write_table
 

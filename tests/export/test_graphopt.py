@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from cnnpipe.errors import ExportError
 from cnnpipe.export import graphopt
 from cnnpipe.export.annotate import annotate_onnx
-from cnnpipe.export.graphopt import decompose_channel_softmax, optimise_graph
+from cnnpipe.export.graphopt import decompose_channel_softmax, optimise_graph, split_concat_convs
 from cnnpipe.export.request import ExportRequest
 from cnnpipe.modelmeta import read_model_meta
 from cnnpipe.testing.onnx_models import segment_model
@@ -128,3 +128,69 @@ def test_a_rewrite_that_changes_outputs_is_refused(tmp_path: Path,
         annotate_onnx(_req(src, tmp_path / "out.onnx"), log=lambda _: None)
     assert not (tmp_path / "out.onnx").exists()
     assert graphopt.optimise_graph is optimise_graph
+
+
+def _concat_conv_model(*, axis: int = 1, group: int = 1, also_output: bool = False,
+                       weights_as_input: bool = False, dims: tuple[str, str] = ("H", "W"),
+                       ) -> onnx.ModelProto:
+    """x (N, 2, H, W) -> Conv a (3 ch), Conv b (4 ch); Concat(a, b, x) -> Conv (bias) -> y.
+
+    The decoder pattern of a U-Net, with three inputs to the concatenation.
+    """
+    rng = np.random.default_rng(5)
+
+    def w(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.normal(0, 1, shape).astype(np.float32), name)
+
+    c_in = 9 if axis == 1 else 2
+    inits = [w("wa", (3, 2, 3, 3)), w("wb", (4, 2, 1, 1)), w("bias", (5,))]
+    last = w("wc", (5, c_in // group, 3, 3))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, *dims])]
+    if weights_as_input:
+        inputs.append(helper.make_tensor_value_info("wc", TensorProto.FLOAT, list(last.dims)))
+    else:
+        inits.append(last)
+    cat = ["a", "b", "x"] if axis == 1 else ["x", "x"]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wb"], ["b"]),
+        helper.make_node("Concat", cat, ["cat"], axis=axis),
+        helper.make_node("Conv", ["cat", "wc", "bias"], ["y"], pads=[1, 1, 1, 1], group=group,
+                         name="dec"),
+    ]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, *dims])]
+    if also_output:
+        outs.append(helper.make_tensor_value_info("cat", TensorProto.FLOAT, ["N", 9, *dims]))
+    graph = helper.make_graph(nodes, "g", inputs, outs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_concat_feeding_a_conv_is_split_exactly() -> None:
+    model = _concat_conv_model()
+    fast, n = split_concat_convs(model)
+    assert n == 1
+    ops = [node.op_type for node in fast.graph.node]
+    assert "Concat" not in ops
+    assert ops.count("Conv") == 2 + 3
+    assert ops.count("Add") == 2
+    assert {i.name for i in fast.graph.initializer} == {
+        "wa", "wb", "bias", "wc_split0", "wc_split1", "wc_split2"}
+    onnx.checker.check_model(fast)
+    want, got = _run(model, X)[0], _run(fast, X)[0]  # |y| up to ~100: float32 rounding
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    assert len(model.graph.node) == 4  # the input is not modified
+
+
+@pytest.mark.parametrize("case", ["spatial axis", "grouped conv", "concat is an output",
+                                  "weights are an input"])
+def test_concats_that_are_not_one_plain_convs_input_stay(case: str) -> None:
+    model = _concat_conv_model(
+        axis=2 if case == "spatial axis" else 1, group=9 if case == "grouped conv" else 1,
+        also_output=case == "concat is an output",
+        weights_as_input=case == "weights are an input")
+    fast, n = split_concat_convs(model)
+    assert n == 0
+    assert [node.op_type for node in fast.graph.node] == [
+        node.op_type for node in model.graph.node]

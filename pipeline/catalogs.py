@@ -69,7 +69,8 @@ log = logging.getLogger(__name__)
 #: longitude CTYPE prefixes of sky (not body-fixed) frames
 SKY_LONGITUDES = ("RA", "GLON", "ELON", "SLON", "HPLN", "HGLN", "CRLN")
 _BODY_LNG = re.compile(r"^[A-Z]{2}LN$")
-_ROW_CHUNK = 1 << 20
+_ROW_CHUNK = 1 << 18
+_SCALE_ROWS = 1 << 18
 
 
 def fragment_path(key: str, model: str, uy: int, ux: int) -> str:
@@ -86,8 +87,10 @@ def _write_array(group: Any, name: str, values: npt.NDArray[Any],
     if values.dtype.kind in "OUST":
         arr = group.create_array(name, shape=(n,), dtype=str, chunks=chunks,
                                  dimension_names=("row",), attributes=dict(attributes or {}))
-        if n:
-            arr[:] = np.asarray(values, dtype=str)
+        # a chunk at a time: encoding turns every value into a Python string (~200 bytes
+        # a row while a column is written; a whole 1M-row column took 192 MiB at once)
+        for a in range(0, n, chunks[0]):
+            arr[a:a + chunks[0]] = np.asarray(values[a:a + chunks[0]], dtype=str)
         return
     arr = group.create_array(name, shape=(n,), dtype=values.dtype, chunks=chunks,
                              dimension_names=("row",), attributes=dict(attributes or {}),
@@ -182,6 +185,23 @@ def _is_body(wcs: Any, header: Any) -> bool:
     return bool(_BODY_LNG.match(lng)) or any(k in header for k in ("BODYRAD", "A_RADIUS"))
 
 
+def _pixel_area(wcs: Any, x: npt.NDArray[np.float64],
+                y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """|det J| of ``all_pix2world`` at ``(x, y)`` in arcsec² (central differences)."""
+    n, h = x.size, 0.5
+    px = np.concatenate([x + h, x - h, x, x])
+    py = np.concatenate([y, y, y + h, y - h])
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        lon, lat = wcs.all_pix2world(px, py, 0)
+    lon, lat = lon.reshape(4, n), lat.reshape(4, n)
+    coslat = np.cos(np.deg2rad(lat.mean(axis=0)))
+    dlon_x = ((lon[0] - lon[1] + 180.0) % 360.0 - 180.0) * coslat
+    dlon_y = ((lon[2] - lon[3] + 180.0) % 360.0 - 180.0) * coslat
+    det = dlon_x * (lat[2] - lat[3]) - dlon_y * (lat[0] - lat[1])
+    return np.asarray(np.abs(det) * 3600.0**2, np.float64)
+
+
 def local_scale(wcs: Any, header: Any, x: npt.NDArray[np.float64],
                 y: npt.NDArray[np.float64]) -> Scale:
     """Pixel solid angle and km per pixel at positions ``(x, y)`` (module docstring)."""
@@ -189,19 +209,10 @@ def local_scale(wcs: Any, header: Any, x: npt.NDArray[np.float64],
     area = np.full(n, np.nan)
     km = np.full(n, np.nan)
     body = _is_body(wcs, header)
-    if wcs is not None and n:
-        h = 0.5
-        px = np.concatenate([x + h, x - h, x, x])
-        py = np.concatenate([y, y, y + h, y - h])
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            lon, lat = wcs.all_pix2world(px, py, 0)
-        lon, lat = lon.reshape(4, n), lat.reshape(4, n)
-        coslat = np.cos(np.deg2rad(lat.mean(axis=0)))
-        dlon_x = ((lon[0] - lon[1] + 180.0) % 360.0 - 180.0) * coslat
-        dlon_y = ((lon[2] - lon[3] + 180.0) % 360.0 - 180.0) * coslat
-        det = dlon_x * (lat[2] - lat[3]) - dlon_y * (lat[0] - lat[1])
-        area = np.abs(det) * 3600.0**2
+    if wcs is not None:
+        for a in range(0, n, _SCALE_ROWS):  # 16 float64s a row while at it: in slices
+            b = min(a + _SCALE_ROWS, n)
+            area[a:b] = _pixel_area(wcs, x[a:b], y[a:b])
     if body:
         if "PIXSCALE" in header:
             km[:] = float(header["PIXSCALE"])
@@ -228,6 +239,7 @@ def _image_rows(store: str, key: str, meta: ModelMeta, pool: ThreadPoolExecutor,
     frags = dict(zip(done, pool.map(
         lambda u: read_fragment(store, key, meta.name, u[0], u[1]), done)))
     rows = head.merge(frags, image_shape=shape)
+    del frags  # the merged rows are what is kept
     n = int(np.asarray(rows["x"]).size)
     x, y = np.asarray(rows["x"], np.float64), np.asarray(rows["y"], np.float64)
     wcs = store_wcs(store, key) if attrs.get("has_wcs") else None
@@ -241,9 +253,20 @@ def _image_rows(store: str, key: str, meta: ModelMeta, pool: ThreadPoolExecutor,
         names = ("ra", "dec") if kind == "equatorial" else ("lon", "lat")
         rows[names[0]], rows[names[1]] = np.asarray(lon), np.asarray(lat)
     head.physical(rows, local_scale(wcs, store_header(store, key), x, y))
-    rows["image"] = np.full(n, key, dtype=object)
-    rows["model"] = np.full(n, meta.name, dtype=object)
+    rows["image"] = _constant(n, key)
+    rows["model"] = _constant(n, meta.name)
     return rows
+
+
+def _constant(n: int, value: str) -> npt.NDArray[np.object_]:
+    """``n`` references to one string.
+
+    ``np.full(n, value, dtype=object)`` makes ``n`` copies of it: ~55 bytes a row, per
+    column, for the life of the merge.
+    """
+    out = np.empty(n, dtype=object)
+    out.fill(value)
+    return out
 
 
 def _as_dtype(values: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
@@ -274,8 +297,10 @@ def build_catalog(
         per_image = [_image_rows(store, key, meta, pool, world) for key in keys]
     str_ids = any(np.asarray(r["id"]).dtype.kind in "OUS" for r in per_image if "id" in r)
     schema = head_for(meta).columns(world, id_dtype="str" if str_ids else "i8")
+    # column by column, each image's part dropped once joined: one copy of the rows at a
+    # time, not two (the per-image rows were held until the last column was built)
     columns = {
-        c.name: _as_dtype(np.concatenate([np.asarray(r[c.name]) for r in per_image])
+        c.name: _as_dtype(np.concatenate([np.asarray(r.pop(c.name)) for r in per_image])
                           if per_image else np.zeros(0), c.dtype)
         for c in schema
     }

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import subprocess
+import tracemalloc
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +35,13 @@ from cnnpipe.cli import cli
 from cnnpipe.errors import InputError, StoreError
 from cnnpipe.modelmeta import ModelMeta, read_model_meta
 from cnnpipe.normalise import normalise
-from cnnpipe.pipeline.catalogs import merge_catalogs, read_catalog_columns, read_fragment
+from cnnpipe.pipeline import catalogs
+from cnnpipe.pipeline.catalogs import (
+    build_catalog,
+    merge_catalogs,
+    read_catalog_columns,
+    read_fragment,
+)
 from cnnpipe.pipeline.config import RunConfig
 from cnnpipe.pipeline.exports import FORMATS, catalog_table, format_for, write_mask_fits
 from cnnpipe.pipeline.heads import ClassifyHead, CratersHead, UnitView
@@ -278,6 +285,53 @@ def test_world_columns_equal_astropy_all_pix2world_with_sip(runs: Runs) -> None:
     assert "2 = touches the image edge" in g["flags"].attrs["description"]
     meta = json.loads((store / "catalogs/levels/area_px/zarr.json").read_text())
     assert meta["dimension_names"] == ["row"]
+
+
+def test_merge_in_slices_equals_merge_whole_and_shares_constant_strings(
+    runs: Runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "tiled.zarr"
+    shutil.copytree(runs.stores["tiled"], store)
+    metas = [read_model_meta(runs.models[m]) for m in ("levels", "morph")]
+    whole = {m.name: _cat(store, m.name) for m in metas}
+    schema, columns = build_catalog(str(store), metas[0], ["sky"])
+    assert len(columns["x"]) > 5
+    # every row of a column refers to one string object (np.full made one copy a row)
+    assert len({id(v) for v in columns["image"]}) == 1
+    assert len({id(v) for v in columns["model"]}) == 1
+    # slices of 3 rows for the world scales and string chunks: the same catalog
+    monkeypatch.setattr(catalogs, "_SCALE_ROWS", 3)
+    monkeypatch.setattr(catalogs, "_ROW_CHUNK", 4)
+    merge_catalogs(str(store), metas, ["sky"])
+    for m in metas:
+        got = _cat(store, m.name)
+        assert zarr.open_array(str(store), path=f"catalogs/{m.name}/image",
+                               mode="r").chunks == (4,)
+        for name, want in whole[m.name].items():
+            if want.dtype == object:
+                assert got[name].tolist() == want.tolist(), name
+            else:
+                np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
+def test_string_columns_are_written_a_chunk_at_a_time(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 200_000
+    values = np.empty(n, dtype=object)
+    values.fill("a survey image key")
+    group = zarr.open_group(str(tmp_path / "c.zarr"), mode="w")
+    monkeypatch.setattr(catalogs, "_ROW_CHUNK", 1 << 14)
+    tracemalloc.start()
+    try:
+        catalogs._write_array(group, "image", values)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the whole column at once took ~200 bytes a row (a Python string for every value)
+    assert peak < 60 * n, f"{peak / n:.0f} bytes a row"
+    back = zarr.open_array(str(tmp_path / "c.zarr"), path="image", mode="r")
+    assert back.chunks == (1 << 14,)
+    assert set(np.asarray(back[...]).tolist()) == {"a survey image key"}
 
 
 # -- classify ---------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def split_concat_convs(model: Any) -> tuple[Any, int]:
         for name in n.input:
             users.setdefault(name, []).append(n)
     outputs = {o.name for o in g.output}
-    split: dict[int, Any] = {}  # id(conv) -> its concat
+    split: dict[int, tuple[Any, list[int]]] = {}  # id(conv) -> its concat, channels
     for n in g.node:
         if n.op_type != "Concat" or n.domain not in ("", "ai.onnx"):
             continue
@@ -196,28 +196,26 @@ def split_concat_convs(model: Any) -> tuple[Any, int]:
                 or _attribute(conv[0], "group", 1) != 1):
             continue
         w = inits.get(conv[0].input[1])
-        channels = [shapes.get(x, (None, None))[1] for x in n.input]
-        if (w is None or w.data_type != TensorProto.FLOAT or None in channels
-                or w.dims[1] != sum(c for c in channels if c is not None)):
+        channels = [c for x in n.input if (c := shapes.get(x, (None, None))[1]) is not None]
+        if (w is None or w.data_type != TensorProto.FLOAT or len(channels) != len(n.input)
+                or w.dims[1] != sum(channels)):
             continue
-        split[id(conv[0])] = n
+        split[id(conv[0])] = (n, channels)
     if not split:
         return out, 0
     names = _Names(g)
-    drop = {id(c) for c in split.values()}
+    drop = {id(cat) for cat, _ in split.values()}
     nodes: list[Any] = []
     for n in g.node:
         if id(n) in drop:
             continue
-        cat = split.get(id(n))
-        if cat is None:
+        if id(n) not in split:
             nodes.append(n)
             continue
+        cat, channels = split[id(n)]
         weights = numpy_helper.to_array(inits[n.input[1]])
         parts, start = [], 0
-        for k, x in enumerate(cat.input):
-            c = shapes[x][1]
-            assert c is not None
+        for k, (x, c) in enumerate(zip(cat.input, channels)):
             wk = names(f"{n.input[1]}_split{k}")
             g.initializer.append(numpy_helper.from_array(weights[:, start:start + c], wk))
             start += c

@@ -180,13 +180,14 @@ def get_session(path: str, sha256: str, spec: SessionSpec,
 def cpu_graph(path: str, patch: tuple[int, int], options: Any) -> str | bytes:
     """The model a CPU session of fixed ``patch`` size loads: a path or the graph's bytes.
 
-    Fixes the input's two spatial dimensions in ``options`` (onnxruntime's free
-    dimension overrides) when they are named (``dim_param``) and the graph has one
-    input, and then splits every concatenation that feeds a convolution
-    (:func:`cnnpipe.export.graphopt.split_concat_convs`: exact up to float32 rounding),
-    which onnxruntime then runs without leaving its blocked NCHWc layout.  The demo
-    U-Net: 1.04x one thread's speed on 1120² patches (3 concatenations).  Anything else
-    (fixed sizes, external weights, no concatenation) loads ``path`` as it is.
+    Where the graph has one input whose two spatial dimensions are named
+    (``dim_param``), splits every concatenation that feeds a convolution
+    (:func:`cnnpipe.export.graphopt.split_concat_convs`: exact up to float32 rounding)
+    and fixes those dimensions in ``options`` (onnxruntime's free dimension overrides),
+    without which onnxruntime cannot fuse the split's sums and leave its blocked NCHWc
+    layout alone.  The demo U-Net: 1.04x one thread's speed on 1120² patches (3
+    concatenations).  Anything else (fixed sizes, external weights, no concatenation)
+    loads ``path`` as it is, its dimensions left free.
     """
     import onnx
 
@@ -202,10 +203,12 @@ def cpu_graph(path: str, patch: tuple[int, int], options: Any) -> str | bytes:
     names = [d.dim_param for d in dims[2:]]
     if len(names) != 2 or not all(names) or (names[0] == names[1] and patch[0] != patch[1]):
         return path
+    fast, n = split_concat_convs(model)
+    if not n:  # a fixed size alone gained nothing (300.7 against 296.1 ms): leave it free
+        return path
     for name, size in zip(names, patch):
         options.add_free_dimension_override_by_name(name, int(size))
-    fast, n = split_concat_convs(model)
-    return fast.SerializeToString() if n else path
+    return fast.SerializeToString()
 
 
 def _create_session(path: str, spec: SessionSpec, patch: tuple[int, int] | None) -> Any:

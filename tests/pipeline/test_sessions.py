@@ -11,6 +11,7 @@ import pytest
 
 from cnnpipe.modelmeta import model_sha256
 from cnnpipe.pipeline.worker import SessionSpec, clear_sessions, cpu_graph, get_session
+from cnnpipe.testing.onnx_models import segment_model
 
 MODELS = Path(__file__).resolve().parents[2] / "src" / "cnnpipe" / "models"
 UNET = str(MODELS / "demo_segment.onnx")  # 3 skip concatenations, input (batch, 1, 8*h, 8*w)
@@ -38,7 +39,8 @@ def test_a_unet_session_runs_the_split_graph_at_the_fixed_patch() -> None:
         fast.run(None, {"input": x[:, :, :56]})
 
 
-@pytest.mark.parametrize("case", ["static input", "external weights", "one name, two sizes"])
+@pytest.mark.parametrize("case", ["static input", "external weights", "one name, two sizes",
+                                  "no concatenation"])
 def test_other_models_load_as_they_are(case: str, tmp_path: Path) -> None:
     so = ort.SessionOptions()
     path = str(MODELS / "demo_galaxy.onnx")  # (batch, 1, 32, 32): nothing to fix
@@ -52,7 +54,13 @@ def test_other_models_load_as_they_are(case: str, tmp_path: Path) -> None:
             d.dim_param = "size"
         path = str(tmp_path / "square.onnx")
         onnx.save(m, path)
+    elif case == "no concatenation":  # named dims, but nothing to split: left free
+        path = str(tmp_path / "plain.onnx")
+        segment_model(path)
     assert cpu_graph(path, patch, so) == path
+    x = np.zeros((1, 1, 24, 40), np.float32)
+    if case == "no concatenation":  # other sizes still run
+        assert _session(path, so).run(None, {"image": x})[0].shape[2:] == (24, 40)
 
 
 def test_cpu_sessions_are_cached_per_patch() -> None:

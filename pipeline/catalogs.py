@@ -32,6 +32,7 @@ Physical scales (:func:`local_scale`):
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -44,6 +45,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import zarr
+import zarr.api.asynchronous
+from zarr.core.sync import sync
 
 from cnnpipe.errors import StoreError
 from cnnpipe.modelmeta import ModelMeta
@@ -78,25 +81,45 @@ def fragment_path(key: str, model: str, uy: int, ux: int) -> str:
     return f"images/{key}/{model}/fragments/{uy}_{ux}"
 
 
-def _write_array(group: Any, name: str, values: npt.NDArray[Any],
-                 attributes: Mapping[str, Any] | None = None) -> None:
-    """Write one 1-D column: numeric as is, strings as variable-length UTF-8."""
+async def _write_column(group: Any, name: str, values: npt.NDArray[Any],
+                        attributes: Mapping[str, Any]) -> None:
+    """Create and write one 1-D column: numeric as is, strings as variable-length UTF-8."""
     values = np.asarray(values)
     n = int(values.size)
     chunks = (max(1, min(n, _ROW_CHUNK)),)
     if values.dtype.kind in "OUST":
-        arr = group.create_array(name, shape=(n,), dtype=str, chunks=chunks,
-                                 dimension_names=("row",), attributes=dict(attributes or {}))
+        arr = await group.create_array(name, shape=(n,), dtype=str, chunks=chunks,
+                                       dimension_names=("row",), attributes=dict(attributes))
         # a chunk at a time: encoding turns every value into a Python string (~200 bytes
         # a row while a column is written; a whole 1M-row column took 192 MiB at once)
         for a in range(0, n, chunks[0]):
-            arr[a:a + chunks[0]] = np.asarray(values[a:a + chunks[0]], dtype=str)
+            await arr.setitem(slice(a, a + chunks[0]),
+                              np.asarray(values[a:a + chunks[0]], dtype=str))
         return
-    arr = group.create_array(name, shape=(n,), dtype=values.dtype, chunks=chunks,
-                             dimension_names=("row",), attributes=dict(attributes or {}),
-                             fill_value=0)
+    arr = await group.create_array(name, shape=(n,), dtype=values.dtype, chunks=chunks,
+                                   dimension_names=("row",), attributes=dict(attributes),
+                                   fill_value=0)
     if n:
-        arr[:] = values
+        await arr.setitem(slice(None), values)
+
+
+async def _write_columns(group: Any, columns: Sequence[tuple[str, npt.NDArray[Any],
+                                                           Mapping[str, Any]]]) -> None:
+    """Every column at once, the string ones one after another.
+
+    Concurrently, the files of ~20 small columns are created and written in 25-35 ms
+    instead of ~70 ms (most of a 4096² run's catalog merge).  String columns, whose
+    encoding holds a Python string per row of the chunk being written, go one at a
+    time, so the merge's peak memory stays that of one string chunk.
+    """
+    strings = [c for c in columns if np.asarray(c[1]).dtype.kind in "OUST"]
+
+    async def one_by_one() -> None:
+        for c in strings:
+            await _write_column(group, *c)
+
+    await asyncio.gather(one_by_one(), *(_write_column(group, *c) for c in columns
+                                         if not any(c is s for s in strings)))
 
 
 def _read_array(arr: Any) -> npt.NDArray[Any]:
@@ -345,9 +368,8 @@ def _write_catalog(store: str, meta: ModelMeta, schema: Sequence[Column],
                    columns: Mapping[str, npt.NDArray[Any]], *, world: Sequence[str]) -> None:
     root = zarr.open_group(store, mode="r+")
     cats = root.require_group("catalogs")
-    g = cats.create_group(meta.name, overwrite=True)
     n = int(np.asarray(columns[schema[0].name]).size)
-    g.attrs.update({
+    cats.create_group(meta.name, overwrite=True, attributes={  # attributes: one write
         "schema": [c.to_dict() for c in schema], "model": meta.name, "task": meta.task.value,
         "n_rows": n, "world": list(world), "classes": list(meta.output.classes),
         "flags": {"1": "touches pixels without data", "2": "touches the image edge",
@@ -355,9 +377,14 @@ def _write_catalog(store: str, meta: ModelMeta, schema: Sequence[Column],
         "pixel_convention": "0-based, pixel centres on integers (numpy / astropy "
                             "pixel_to_world); FITS/ds9 pixel = x + 1",
     })
-    for c in schema:
-        _write_array(g, c.name, columns[c.name],
-                     {"unit": c.unit, "description": c.description, "dtype": c.dtype})
+
+    async def write() -> None:
+        g = await zarr.api.asynchronous.open_group(store=store, path=f"catalogs/{meta.name}",
+                                                    mode="r+")
+        await _write_columns(g, [(c.name, columns[c.name], {
+            "unit": c.unit, "description": c.description, "dtype": c.dtype}) for c in schema])
+
+    sync(write())
 
 
 def read_catalog_columns(

@@ -24,12 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
+import zarr.api.asynchronous
 from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 from click.testing import CliRunner
 from scipy import ndimage
+from zarr.core.sync import sync
 
 from cnnpipe.cli import cli
 from cnnpipe.errors import InputError, StoreError
@@ -317,21 +319,36 @@ def test_merge_in_slices_equals_merge_whole_and_shares_constant_strings(
 def test_string_columns_are_written_a_chunk_at_a_time(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     n = 200_000
-    values = np.empty(n, dtype=object)
-    values.fill("a survey image key")
-    group = zarr.open_group(str(tmp_path / "c.zarr"), mode="w")
-    monkeypatch.setattr(catalogs, "_ROW_CHUNK", 1 << 14)
+    names = ("image", "model", "class")
+    columns = []
+    for name in names:
+        values = np.empty(n, dtype=object)
+        values.fill(f"a survey {name} key")
+        columns.append((name, values, {"unit": ""}))
+    columns.append(("x", np.arange(n, dtype=np.float64), {"unit": "pix"}))
+    zarr.open_group(str(tmp_path / "c.zarr"), mode="w")
+    monkeypatch.setattr(catalogs, "_ROW_CHUNK", 1 << 15)
     tracemalloc.start()
     try:
-        catalogs._write_array(group, "image", values)
+        async def write() -> None:
+            g = await zarr.api.asynchronous.open_group(store=str(tmp_path / "c.zarr"),
+                                                        mode="r+")
+            await catalogs._write_columns(g, columns)
+
+        sync(write())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    # the whole column at once took ~200 bytes a row (a Python string for every value)
+    # a whole string column at once took ~200 bytes a row (a Python string for every
+    # value); the three string columns' chunks at once ~100
     assert peak < 60 * n, f"{peak / n:.0f} bytes a row"
-    back = zarr.open_array(str(tmp_path / "c.zarr"), path="image", mode="r")
-    assert back.chunks == (1 << 14,)
-    assert set(np.asarray(back[...]).tolist()) == {"a survey image key"}
+    for name in names:
+        back = zarr.open_array(str(tmp_path / "c.zarr"), path=name, mode="r")
+        assert back.chunks == (1 << 15,)
+        assert set(np.asarray(back[...]).tolist()) == {f"a survey {name} key"}
+        assert back.attrs["unit"] == ""
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "c.zarr"), path="x")[...],
+                                  np.arange(n))
 
 
 # -- classify ---------------------------------------------------------------------------

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cnnpipe.errors import CnnpipeError
 
-__all__ = ["InputOutcome", "NightReport", "quicklooks", "write_report"]
+__all__ = ["InputOutcome", "NightReport", "mask_preview", "quicklooks", "write_report"]
 
 log = logging.getLogger("cnnpipe.nightly")
 
@@ -162,6 +163,20 @@ def write_report(report: NightReport, folder: Path) -> tuple[Path, Path]:
     return paths
 
 
+def mask_preview(arr: Any) -> tuple[npt.NDArray[np.float32], int]:
+    """Every ``step``-th pixel of a stored class mask, at most ``QUICKLOOK_PX`` a side.
+
+    One strided selection: zarr decodes each chunk once and keeps only the picked pixels
+    (a few chunks in flight, whatever the image's size). Reading it a strided row at a
+    time decoded a chunk row once per picked row: 0.45 s instead of 1.5 ms for a 2048²
+    mask, most of a frame-sized input's quick-look.  No data (255) becomes NaN.
+    """
+    step = max(1, -(-max(arr.shape) // QUICKLOOK_PX))
+    small = np.asarray(arr[::step, ::step]).astype(np.float32)
+    small[small == 255] = np.nan
+    return small, step
+
+
 def _mask_png(store: str, key: str, model: str, classes: Sequence[str], path: Path) -> None:
     import matplotlib
 
@@ -171,12 +186,7 @@ def _mask_png(store: str, key: str, model: str, classes: Sequence[str], path: Pa
     from matplotlib.colors import ListedColormap
 
     arr = zarr.open_array(store, path=f"images/{key}/{model}/mask", mode="r")
-    step = max(1, -(-max(arr.shape) // QUICKLOOK_PX))
-    # strided rows: reads chunk rows one at a time, never the whole mask
-    rows = [np.asarray(arr[y:y + 1, ::step])[0]
-            for y in range(0, int(arr.shape[0]), step)]
-    small = np.stack(rows).astype(np.float32)
-    small[small == 255] = np.nan
+    small, step = mask_preview(arr)
     n = max(len(classes), 2)
     tab10: Any = plt.get_cmap("tab10")
     cmap = ListedColormap(tab10.colors[:n]).with_extremes(bad="0.6")

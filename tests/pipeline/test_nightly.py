@@ -581,3 +581,31 @@ def test_ledger_key_counts_patch_as_written_and_ignores_speed_settings() -> None
     assert key(patch=512) != key()
     assert key(patch=512, batch=4, retries=0) == key(patch=512, batch="auto")
     assert key(tile=1024) != key()
+
+
+def test_a_mask_quick_look_decodes_each_chunk_once(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnpipe.pipeline.nightly.report import QUICKLOOK_PX, mask_preview
+
+    rng = np.random.default_rng(3)
+    mask = rng.integers(0, 5, (2000, 1700), dtype=np.uint8)
+    mask[:300, :200] = 255  # no data
+    arr = zarr.create_array(str(tmp_path / "m.zarr"), shape=mask.shape, chunks=(512, 512),
+                            dtype="uint8", fill_value=255)
+    arr[...] = mask
+    reads: list[str] = []
+    get = zarr.storage.LocalStore.get
+
+    async def counting_get(self: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(key)
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    small, step = mask_preview(zarr.open_array(str(tmp_path / "m.zarr"), mode="r"))
+    assert step == -(-2000 // QUICKLOOK_PX)
+    want = mask[::step, ::step].astype(np.float32)
+    want[want == 255] = np.nan
+    np.testing.assert_array_equal(small, want)
+    chunks = [k for k in reads if k.startswith("c/")]
+    assert sorted(chunks) == sorted(set(chunks)), "a chunk was read more than once"
+    assert len(chunks) == 4 * 4

@@ -9,13 +9,14 @@ nightly jobs never share it):
    skipped, so a rerun does nothing for finished inputs, even renamed ones;
 3. otherwise ``cnnpipe run`` it into ``<night>/<stem>-<key[:10]>.zarr`` on the night's
    cluster; an interrupted input resumes its store on the next invocation; when the
-   store is complete the ledger records it (after the store, never before);
+   store is complete the ledger records it (after the store, never before), and its
+   quick-looks are made (while other inputs run);
 4. an input that cannot be read (:class:`~cnnpipe.errors.InputError`) or does not fit
    a model (:class:`~cnnpipe.errors.ModelMismatchError`) is moved (or copied) to
    ``<quarantine>/<night>/`` with ``<name>.reason.json`` and recorded as quarantined,
    and the night goes on;
-5. the report (JSON + Markdown + quick-looks) is written at the end, also after a
-   failure.
+5. the report (JSON + Markdown, listing the quick-looks) is written at the end, also
+   after a failure.
 
 Exit status (:attr:`NightReport.exit_code`): 0 all done, 1 something failed (a worker
 error, a broken model: rerun after fixing it), 2 a configuration error, 3 finished with
@@ -227,10 +228,14 @@ def _side_by_side(work: Callable[[int, _Todo], InputOutcome], todo: Sequence[_To
         return [o for o in (f.result() for f in futures) if o is not None]
 
 
+#: pyplot keeps global state: inputs side by side make their quick-looks one at a time
+_PLOTTING = threading.Lock()
+
+
 def _process(
     config: NightlyConfig, night: str, todo: _Todo, *, models: list[str],
     template: RunConfig, cluster: NightCluster, ledger: Ledger, reporter_every: float,
-    side_by_side: bool = False,
+    side_by_side: bool = False, plots: bool = True,
 ) -> InputOutcome:
     from cnnpipe.pipeline.progress import make_reporter
     from cnnpipe.pipeline.runner import run
@@ -276,6 +281,10 @@ def _process(
                            catalogs=_catalog_rows(str(store)))
     event("input_done", input=str(path), store=str(store), units=summary.units,
           seconds=round(outcome.seconds, 2))
+    if plots:  # now, beside the other inputs' inference, not after the night's last one
+        with _PLOTTING:
+            outcome.quicklooks, outcome.craters = quicklooks(
+                str(store), config.reports / night, prefix=store.stem)
     return outcome
 
 
@@ -335,18 +344,14 @@ def run_nightly(
                     event("input", index=f"{i}/{len(todo)}", input=str(t.path))
                     finished[i] = _process(
                         config, night, t, models=models, template=template, cluster=cluster,
-                        ledger=ledger, reporter_every=reporter_every, side_by_side=at_once > 1)
+                        ledger=ledger, reporter_every=reporter_every, side_by_side=at_once > 1,
+                        plots=plots)
                     return finished[i]
 
                 try:
                     _side_by_side(work, todo, at_once)
                 finally:  # the report lists every finished input, also when one failed
                     report.outcomes += [finished[i] for i in sorted(finished)]
-        if plots:
-            for o in report.outcomes:
-                if o.status == "done" and o.store:
-                    o.quicklooks, o.craters = quicklooks(
-                        o.store, config.reports / night, prefix=Path(o.store).stem)
         now = {o.status for o in report.outcomes}
         report.exit_code = 1 if "failed" in now else 3 if "quarantined" in now else 0
         for o in report.outcomes:

@@ -609,3 +609,64 @@ def test_a_mask_quick_look_decodes_each_chunk_once(tmp_path: Path,
     chunks = [k for k in reads if k.startswith("c/")]
     assert sorted(chunks) == sorted(set(chunks)), "a chunk was read more than once"
     assert len(chunks) == 4 * 4
+
+
+def test_each_inputs_quick_looks_are_made_when_it_is_done(
+    tmp_path: Path, models: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cnnpipe.pipeline.nightly import job
+
+    _exposures(tmp_path / "incoming" / NIGHT, corrupt=False)
+    config = NightlyConfig.from_toml(_config(tmp_path, models[:1], cluster={"inputs_at_once": 1}))
+    order: list[str] = []
+    started, looks = job.event, job.quicklooks
+
+    def event(name: str, *args: Any, **fields: Any) -> None:
+        if name == "input_started":
+            order.append("started " + Path(str(fields["input"])).name)
+        started(name, *args, **fields)
+
+    def quicklooks(store: str, folder: Path, *, prefix: str) -> Any:
+        order.append("quick-looks " + prefix.split("-")[0])
+        return looks(store, folder, prefix=prefix)
+
+    monkeypatch.setattr(job, "event", event)
+    monkeypatch.setattr(job, "quicklooks", quicklooks)
+    report = run_nightly(config, NIGHT)
+    assert report.exit_code == 0
+    names = [o.input for o in report.outcomes]
+    assert len(names) == 4
+    # one input at a time: each one's quick-looks before the next input starts
+    want = []
+    for n in sorted(Path(p).name for p in names):
+        want += [f"started {n}", "quick-looks " + n.split(".")[0]]
+    assert order == want
+    for o in report.outcomes:
+        assert o.quicklooks
+        assert all(Path(q).read_bytes()[:4] == b"\x89PNG" for q in o.quicklooks)
+
+
+def test_a_night_stopped_by_an_error_keeps_the_quick_looks_of_its_finished_inputs(
+    tmp_path: Path, models: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cnnpipe.errors import ModelError
+    from cnnpipe.pipeline import runner
+
+    _exposures(tmp_path / "incoming" / NIGHT, corrupt=False)
+    config = NightlyConfig.from_toml(_config(tmp_path, models[:1], cluster={"inputs_at_once": 1}))
+    real_run, calls = runner.run, []
+
+    def run(rc: Any, **kwargs: Any) -> Any:
+        calls.append(rc.inputs[0])
+        if len(calls) == 2:
+            raise ModelError("the model file was replaced mid-night")
+        return real_run(rc, **kwargs)
+
+    monkeypatch.setattr(runner, "run", run)
+    with pytest.raises(ModelError):
+        run_nightly(config, NIGHT)
+    report = json.loads((config.reports / f"{NIGHT}.json").read_text())
+    (done,) = [o for o in report["inputs"] if o["status"] == "done"]
+    assert Path(done["input"]).name == Path(calls[0]).name
+    assert done["quicklooks"], "the finished input lost its quick-looks"
+    assert all(Path(q).read_bytes()[:4] == b"\x89PNG" for q in done["quicklooks"])

@@ -507,7 +507,7 @@ class RunStore:
                 "header": cards_to_json(header), "shape": list(shape), "bands": list(bands),
                 "has_wcs": bool(has_wcs),
             }
-            g.attrs.update(image_attrs)
+            g.update_attributes(image_attrs)  # one write, not one per key
             ny, nx = shape
             grid = (-(-ny // tile), -(-nx // tile))
             for name, channels, prob_dims, classes in models:

@@ -196,6 +196,18 @@ def _channels(source: Source, meta: ModelMeta, path: str) -> tuple[int, ...]:
     return tuple(source.bands.index(b) for b in meta.bands)
 
 
+def _model_path(given: str) -> str:
+    """A ``--model``: an ONNX package's path, or a bundled demo model's name."""
+    from cnnpipe.models import demo_model_paths, resolve_model
+
+    path = resolve_model(given)
+    if path is None:
+        msg = (f"{given}: no such model file, nor a bundled model (`cnnpipe models` lists "
+               f"them: {', '.join(sorted(demo_model_paths()))}).")
+        raise ModelError(msg)
+    return path
+
+
 def prepare(config: RunConfig) -> Prepared:
     """Read and check models and inputs, and plan the run (no store, no cluster).
 
@@ -210,7 +222,7 @@ def prepare(config: RunConfig) -> Prepared:
     jobs_raw: list[tuple[str, str, ModelMeta]] = []
     model_bytes: dict[str, int] = {}
     for given in config.models:
-        path = os.path.abspath(given)
+        path = _model_path(given)
         model = load_onnx(path)  # read once: metadata, graph checks and sha256 share it
         meta = model_meta(model, path)
         _check_graph(path, meta, model)

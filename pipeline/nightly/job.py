@@ -107,19 +107,16 @@ def resolve_models(models: tuple[str, ...], *, where: str) -> list[str]:
     ConfigError
         Neither an existing file nor a bundled model name.
     """
-    from cnnpipe.models import demo_model_paths
+    from cnnpipe.models import demo_model_paths, resolve_model
 
-    demos = demo_model_paths()
     out = []
     for m in models:
-        if os.path.isfile(m):
-            out.append(os.path.abspath(m))
-        elif m in demos:
-            out.append(str(demos[m]))
-        else:
+        path = resolve_model(m)
+        if path is None:
             msg = (f"{where}: models: {m!r} is neither a file nor a bundled model. Expected an "
-                   f"ONNX package path or one of {sorted(demos)}.")
+                   f"ONNX package path or one of {sorted(demo_model_paths())}.")
             raise ConfigError(msg)
+        out.append(path)
     return out
 
 

@@ -214,3 +214,31 @@ def test_help_states_the_cluster_layout_defaults_cluster_plan_uses() -> None:
     assert "[default: cores // (workers x threads);" in help_text
     few = cluster_plan(cfg, cores=16, units=1)
     assert (few.workers, few.threads) == (1, 1)
+
+
+def test_a_bundled_models_name_works_as_model(files: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnpipe.models import demo_model_paths
+    from cnnpipe.pipeline.runner import prepare
+
+    out = tmp_path / "out.zarr"
+    res = _invoke("run", str(files["image"]), "--model", "demo_segment", "--out", str(out),
+                  "--device", "cpu", "--dry-run")
+    assert res.exit_code == 0, res.output
+    cfg = RunConfig(inputs=(str(files["image"]),), models=("demo_segment",), out=str(out))
+    (job,) = prepare(cfg).jobs
+    assert job.path == str(demo_model_paths()["demo_segment"])
+    # a file of that name in the working directory wins over the bundled model
+    monkeypatch.chdir(files["root"])
+    os.symlink(files["seg"], files["root"] / "demo_segment")
+    try:
+        (job,) = prepare(cfg).jobs
+        assert job.path == str(files["root"] / "demo_segment")
+        assert job.meta.name == "seg"
+    finally:
+        os.unlink(files["root"] / "demo_segment")
+    res = CliRunner().invoke(cli, ["run", str(files["image"]), "--model", "demo_sgment",
+                                   "--out", str(out), "--dry-run"])
+    assert res.exit_code != 0
+    assert "demo_sgment: no such model file, nor a bundled model" in res.output
+    assert "demo_segment" in res.output

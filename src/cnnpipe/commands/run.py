@@ -25,7 +25,8 @@ def _parse_bands(
 @click.command("run")
 @click.argument("images", nargs=-1, metavar="SURVEY.fits [MORE.fits ...]")
 @click.option("--model", "models", multiple=True, required=True, metavar="M.onnx",
-              help="ONNX model package (repeat for several models; one read of the pixels).")
+              help="ONNX model package, or a bundled demo model's name (`cnnpipe models`); "
+                   "repeat for several models (one read of the pixels).")
 @click.option("--out", required=True, metavar="OUT.zarr", help="Output Zarr store.")
 @click.option("--band", "bands", multiple=True, metavar="NAME=FILE", callback=_parse_bands,
               help="One file per band of a multi-band image (repeat).")

@@ -19,7 +19,7 @@ Example (``deploy/nightly.example.toml`` has a commented one)::
     kind = "embedded"                      # embedded | scheduler | slurm | kubernetes
     address = "tls://dask-scheduler:8786"  # kind = "scheduler"
     workers = 4
-    inputs_at_once = 2                     # default: the cluster's threads (see below)
+    inputs_at_once = 2                     # default: the cluster's threads + 1 (see below)
     tls_ca_file = "/etc/cnnpipe/tls/ca.pem"
     tls_cert = "/etc/cnnpipe/tls/client.pem"
     tls_key = "/etc/cnnpipe/tls/client.key"
@@ -144,9 +144,10 @@ class ClusterSpec:
     inputs_at_once : int or None
         Inputs run side by side on the cluster (each its own store and run), so that
         frame-sized inputs with fewer work units than the cluster has threads keep it
-        busy; None: the embedded cluster's Dask threads, or those of a running
-        scheduler's workers when the night starts; 2 for slurm and kubernetes (their
-        workers arrive later).
+        busy; None: one more than the embedded cluster's Dask threads, or than those of
+        a running scheduler's workers when the night starts (so that one input's store,
+        merge and reads overlap the others' inference); 2 for slurm and kubernetes
+        (their workers arrive later).
     tls_ca_file, tls_cert, tls_key : str or None
         Mutual TLS to the scheduler (all three or none).
     slurm, kubernetes : dict

@@ -330,7 +330,10 @@ def run_nightly(
             gpu = config.cluster.kind.value == "embedded" and local_gpu(
                 replace(template, scheduler=None))
             with open_cluster(config.cluster, template, gpu=gpu) as cluster:
-                at_once = min(len(todo), config.cluster.inputs_at_once or cluster.threads or 2)
+                # one input beyond the threads: its store, merge and reads overlap the
+                # others' inference (16 frames of 2048² on 2 cores: 3-9 % less time)
+                default = cluster.threads + 1 if cluster.threads else 2
+                at_once = min(len(todo), config.cluster.inputs_at_once or default)
                 report.cluster = f"{cluster.description}; {at_once} input(s) at a time"
                 event("cluster", description=cluster.description, todo=len(todo),
                       inputs_at_once=at_once)

@@ -116,14 +116,15 @@ async def _write_columns(group: Any, columns: Sequence[tuple[str, npt.NDArray[An
     encoding holds a Python string per row of the chunk being written, go one at a
     time, so the merge's peak memory stays that of one string chunk.
     """
-    strings = [c for c in columns if np.asarray(c[1]).dtype.kind in "OUST"]
+    text = [np.asarray(c[1]).dtype.kind in "OUST" for c in columns]
 
     async def one_by_one() -> None:
-        for c in strings:
-            await _write_column(group, *c)
+        for c, t in zip(columns, text):
+            if t:
+                await _write_column(group, *c)
 
-    await asyncio.gather(one_by_one(), *(_write_column(group, *c) for c in columns
-                                         if not any(c is s for s in strings)))
+    await asyncio.gather(one_by_one(), *(_write_column(group, *c)
+                                         for c, t in zip(columns, text) if not t))
 
 
 def _read_array(arr: Any) -> npt.NDArray[Any]:

@@ -318,7 +318,7 @@ class SegmentHead(PixelHead):
         seg = join_components(units, n_classes=len(classes))
         rows: Fragment = {
             "x": seg["x"], "y": seg["y"],
-            "class": np.array([classes[int(c)] for c in seg["class_id"]], dtype=object),
+            "class": np.asarray(classes, dtype=object)[seg["class_id"]],
             "class_id": seg["class_id"], "area_px": seg["area"],
             "area_arcsec2": np.full(seg["area"].size, np.nan),
             "bbox_ymin": seg["ymin"], "bbox_ymax": seg["ymax"],
@@ -571,7 +571,7 @@ class ClassifyHead(PixelHead):
         rows: Fragment = {"x": x[order], "y": y[order], "id": ids}
         for k, c in enumerate(classes):
             rows[f"p_{c}"] = probs[:, k]
-        rows["class"] = np.array([classes[int(k)] for k in cid], dtype=object)
+        rows["class"] = np.asarray(classes, dtype=object)[cid]  # one name object per class
         rows["class_id"] = cid
         rows["flags"] = _cat(frags, "flags", np.uint8)[order]
         return rows

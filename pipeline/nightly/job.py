@@ -275,6 +275,7 @@ def _process(
                      night=night, finished=now_iso(), store=str(store)))
     outcome = InputOutcome(input=str(path), status="done", sha256=sha, store=str(store),
                            seconds=time.monotonic() - t0, units=summary.units,
+                           pixels=summary.pixels,
                            catalogs=_catalog_rows(str(store)))
     event("input_done", input=str(path), store=str(store), units=summary.units,
           seconds=round(outcome.seconds, 2))
@@ -313,6 +314,7 @@ def run_nightly(
         read_model_meta(m)  # a broken model stops the night before any input is touched
     model_sha = [model_sha256(m) for m in models]
     night_dir = config.night_dir(night)
+    t_start = time.monotonic()
     report = NightReport(night=night, config=config.to_dict(), started=now_iso())
     lock = StoreLock(night_dir, run_id=uuid.uuid4().hex[:12])
     lock.acquire()
@@ -366,6 +368,7 @@ def run_nightly(
         raise
     finally:
         report.finished = now_iso()
+        report.seconds = time.monotonic() - t_start
         try:
             json_path, md_path = write_report(report, config.reports)
             event("night_finished", night=night, exit_code=report.exit_code,

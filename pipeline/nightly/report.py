@@ -39,6 +39,8 @@ class InputOutcome:
     store: str | None = None
     seconds: float = 0.0
     units: int = 0
+    #: pixels of the work units this input's run processed (0: skipped, failed)
+    pixels: int = 0
     reason: str | None = None
     catalogs: dict[str, int] = field(default_factory=dict)
     quicklooks: list[str] = field(default_factory=list)
@@ -61,6 +63,8 @@ class NightReport:
     outcomes: list[InputOutcome] = field(default_factory=list)
     #: inputs per status of this invocation alone (``counts`` is the night's)
     this_invocation: dict[str, int] = field(default_factory=dict)
+    #: wall time of this invocation, from its start to its report
+    seconds: float = 0.0
 
     def carry_over(self, folder: Path) -> None:
         """Keep what earlier invocations of this night did (the report is the night's).
@@ -89,13 +93,25 @@ class NightReport:
         """Inputs per status over the night."""
         return _counts(self.outcomes)
 
+    def throughput(self) -> dict[str, float] | None:
+        """Pixels this invocation processed over its wall time (cluster start, quick-looks and all).
+
+        None before its wall time is known or when it processed nothing.
+        """
+        mine = [o for o in self.outcomes if o.invocation == self.started and o.pixels]
+        if not (mine and self.seconds > 0):
+            return None
+        mpix = sum(o.pixels for o in mine) / 1e6
+        return {"inputs": len(mine), "mpix": mpix, "seconds": self.seconds,
+                "mpix_per_s": mpix / self.seconds}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {
             "schema": "cnnpipe.nightly-report/1", "night": self.night,
             "started": self.started, "finished": self.finished, "cluster": self.cluster,
             "exit_code": self.exit_code, "error": self.error, "counts": self.counts(),
-            "this_invocation": self.this_invocation,
+            "this_invocation": self.this_invocation, "throughput": self.throughput(),
             "config": self.config, "inputs": [asdict(o) for o in self.outcomes],
         }
 
@@ -115,6 +131,11 @@ class NightReport:
             f"- configuration: `{self.config.get('source')}`; exit code of the last "
             f"invocation {self.exit_code}",
         ]
+        t = self.throughput()
+        if t:
+            lines.append(f"- this invocation: {t['mpix']:.1f} Mpix of {t['inputs']} input(s) in "
+                         f"{t['seconds']:.1f} s, {t['mpix_per_s']:.2f} Mpix/s (wall time, "
+                         "cluster start and quick-looks included)")
         if self.error:
             lines.append(f"- error: {self.error}")
         lines += ["", "| input | status | store | units | seconds | catalog rows | run | note |",

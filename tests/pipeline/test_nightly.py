@@ -671,3 +671,26 @@ def test_a_night_stopped_by_an_error_keeps_the_quick_looks_of_its_finished_input
     assert Path(done["input"]).name == Path(calls[0]).name
     assert done["quicklooks"], "the finished input lost its quick-looks"
     assert all(Path(q).read_bytes()[:4] == b"\x89PNG" for q in done["quicklooks"])
+
+
+def test_the_report_gives_the_invocations_throughput(tmp_path: Path, models: list[Path]) -> None:
+    _exposures(tmp_path / "incoming" / NIGHT, corrupt=False)
+    config = NightlyConfig.from_toml(_config(tmp_path, models[:1]))
+    report = run_nightly(config, NIGHT, plots=False)
+    assert report.exit_code == 0
+    data = json.loads((config.reports / f"{NIGHT}.json").read_text())
+    # 70x90, an MEF of two 40x50 images, 60x64 (Rice), 48x64 (gzip)
+    assert sorted(o["pixels"] for o in data["inputs"]) == [3072, 3840, 4000, 6300]
+    t = data["throughput"]
+    assert t["inputs"] == 4
+    assert t["mpix"] == pytest.approx(17212 / 1e6)
+    assert 0 < t["seconds"] < 600
+    assert t["mpix_per_s"] == pytest.approx(t["mpix"] / t["seconds"])
+    md = (config.reports / f"{NIGHT}.md").read_text()
+    assert f"- this invocation: 0.0 Mpix of 4 input(s) in {t['seconds']:.1f} s" in md
+    # a rerun processes nothing: no throughput, and the earlier inputs keep their pixels
+    run_nightly(config, NIGHT, plots=False)
+    again = json.loads((config.reports / f"{NIGHT}.json").read_text())
+    assert again["throughput"] is None
+    assert sorted(o["pixels"] for o in again["inputs"]) == [3072, 3840, 4000, 6300]
+    assert "this invocation:" not in (config.reports / f"{NIGHT}.md").read_text()
